@@ -1,0 +1,26 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_INDEX ?= demo-index
+DEMO_QUERY := assets/photos/hat/2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg
+
+.PHONY: demo test venv app clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/imgembed index assets/photos --index $(DEMO_INDEX)
+	$(BIN)/imgembed search $(DEMO_QUERY) --index $(DEMO_INDEX) -k 5
+	IMGEMBED_INDEX=$(DEMO_INDEX) $(BIN)/streamlit run app.py
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(DEMO_INDEX) build *.egg-info

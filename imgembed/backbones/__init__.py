@@ -1,0 +1,125 @@
+"""Backbone registry: a name turns into a model that maps ``(B, 3, H, W) -> (B, dim)`` features.
+
+A backbone spec is ``family[:arg[:arg]]``; the family picks a factory registered with
+:func:`register`, the rest is handed to it (``open_clip:ViT-B-32:laion2b_s34b_b79k``).
+Every backbone carries its own preprocessing (:class:`Preprocess`) and a fingerprint of its
+weights, which the index manifest records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from imgembed.config import BackboneCfg
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built: unknown name, or weights that cannot be had."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes model input. Travels with the backbone, never as a global."""
+
+    size: int = 224  # square crop fed to the model
+    resize: int = 256  # shorter side before the centre crop
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"  # "bicubic" or "bilinear"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backbone(nn.Module):
+    """Contract: ``forward(x: float (B, 3, size, size), normalised) -> float (B, dim)``."""
+
+    dim: int
+    preprocess: Preprocess
+    spec: str  # the registry name it was built from
+    fingerprint: str  # digest of the weights, recorded in index manifests
+
+    @property
+    def has_text(self) -> bool:
+        return False
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:  # (T, dim)
+        raise BackboneError(
+            f"backbone '{self.spec}' has no text encoder; text search needs a CLIP backbone "
+            "such as open_clip:ViT-B-32:laion2b_s34b_b79k"
+        )
+
+
+Factory = Callable[[str, BackboneCfg], Backbone]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(family: str) -> Callable[[Factory], Factory]:
+    def deco(fn: Factory) -> Factory:
+        _REGISTRY[family] = fn
+        return fn
+
+    return deco
+
+
+def known_backbones() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_backbone(cfg: BackboneCfg) -> Backbone:
+    """Build the backbone named by ``cfg.name`` in eval mode on the CPU.
+
+    Raises:
+        ValueError: the family is not registered (the message lists the known ones).
+        BackboneError: the weights cannot be loaded (the message says how to supply them).
+    """
+    _load_builtin()
+    family, _, arg = cfg.name.partition(":")
+    if family not in _REGISTRY:
+        raise ValueError(
+            f"unknown backbone '{cfg.name}'; known families: {', '.join(sorted(_REGISTRY))} "
+            "(e.g. efficientnet-lite0, open_clip:ViT-B-32:laion2b_s34b_b79k, "
+            "torchvision:resnet50:IMAGENET1K_V2)"
+        )
+    model = _REGISTRY[family](arg, cfg)
+    model.spec = cfg.name
+    return model.eval().requires_grad_(False)
+
+
+def file_fingerprint(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """Digest of a module's parameters and buffers (for weights that did not come from one file)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling ``(B, C, H, W) -> (B, C)``; p=1 is average pooling."""
+    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from imgembed.backbones import efficientnet, openclip, tiny, tv  # noqa: F401

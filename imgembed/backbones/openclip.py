@@ -1,0 +1,98 @@
+"""OpenCLIP backbones: ``open_clip:ARCH[:PRETRAINED]`` or ``open_clip:hf-hub:ORG/REPO``.
+
+PRETRAINED is an open_clip tag (downloaded on a machine with network into the open_clip/Hugging
+Face cache, or ``$IMGEMBED_CACHE_DIR``) or the path of a local checkpoint file. Weights that
+cannot be had are an error: a CLIP model never falls back to random weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from imgembed.backbones import Backbone, BackboneError, Preprocess, register, state_fingerprint
+from imgembed.config import BackboneCfg
+
+HOW_TO_SUPPLY = (
+    "Download the weights on a machine with network (they are cached under ~/.cache/huggingface, "
+    "or $IMGEMBED_CACHE_DIR when set) and copy the cache over, or pass a local checkpoint file: "
+    "--backbone open_clip:{arch}:/path/to/open_clip_model.safetensors. "
+    "Tags known for {arch}: {tags}"
+)
+
+
+class OpenClip(Backbone):
+    def __init__(self, model: torch.nn.Module, tokenizer, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.dim = int(model.visual.output_dim)
+        self.fingerprint = state_fingerprint(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x).float()  # (B, dim)
+
+    @property
+    def has_text(self) -> bool:
+        return True
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(texts).to(device)
+        with torch.inference_mode():
+            return self.model.encode_text(tokens).float()  # (T, dim)
+
+
+def _preprocess_of(model: torch.nn.Module) -> Preprocess:
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    resize_mode = cfg.get("resize_mode", "shortest")
+    return Preprocess(
+        size=size,
+        # open_clip's default eval transform resizes the shorter side to the crop size
+        resize=size if resize_mode in ("shortest", "squash") else int(round(size / 0.875)),
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+
+
+@register("open_clip")
+def _factory(arg: str, cfg: BackboneCfg) -> Backbone:
+    try:
+        import open_clip
+    except ImportError as e:  # pragma: no cover - a dependency of the project
+        raise BackboneError("open_clip backbones need the package open_clip_torch") from e
+
+    if arg.startswith("hf-hub:"):
+        model_name, pretrained, arch = arg, None, arg
+    else:
+        arch, _, pretrained = arg.partition(":")
+        model_name = arch
+        if not arch:
+            raise ValueError("open_clip backbone needs an architecture: open_clip:ARCH[:PRETRAINED]")
+        if not pretrained:
+            raise BackboneError(
+                f"open_clip:{arch} names no pretrained weights, and random weights would make "
+                "meaningless vectors. " + HOW_TO_SUPPLY.format(
+                    arch=arch, tags=", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none")
+            )
+        if pretrained.startswith(("/", ".", "~")) and not os.path.isfile(os.path.expanduser(pretrained)):
+            raise BackboneError(f"open_clip weights file not found: {pretrained}")
+        pretrained = os.path.expanduser(pretrained)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, cache_dir=os.environ.get("IMGEMBED_CACHE_DIR"),
+        )
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:  # the library raises several types for "cannot get weights"
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) if arch else ""
+        raise BackboneError(
+            f"could not load open_clip '{arg}': {e}. " + HOW_TO_SUPPLY.format(arch=arch, tags=tags or "none")
+        ) from e
+    return OpenClip(model.eval(), tokenizer, _preprocess_of(model))

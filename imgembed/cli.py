@@ -1,0 +1,208 @@
+"""Command line: ``imgembed index | search | info | eval``. Parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from imgembed.backbones import BackboneError
+from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexCfg, IndexJobCfg, ReaderCfg
+from imgembed.head import HeadError
+from imgembed.reader import ImageSkipped
+from imgembed.store import StoreError
+
+logger = logging.getLogger("imgembed")
+
+# Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
+USER_ERRORS = (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, FileNotFoundError,
+               NotADirectoryError, PermissionError)
+
+
+def default_index() -> str:
+    return os.environ.get("IMGEMBED_INDEX", "imgembed-index")
+
+
+def _add_index_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", default=default_index(),
+                   help="index folder (default: $IMGEMBED_INDEX or ./imgembed-index)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="efficientnet-lite0 (default, offline), open_clip:ARCH:WEIGHTS, torchvision:NAME:WEIGHTS")
+    p.add_argument("--pool", default=BackboneCfg.pool, choices=["gem", "avg"], help="CNN feature pooling")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=EmbedCfg.batch_size)
+    p.add_argument("--workers", type=int, default=EmbedCfg.workers, help="decode processes (-1: one per core)")
+    p.add_argument("--max-pixels", type=int, default=ReaderCfg.max_pixels,
+                   help="refuse images declaring more pixels than this (decompression bombs)")
+
+
+def _reader_cfg(a: argparse.Namespace) -> ReaderCfg:
+    return ReaderCfg(max_pixels=a.max_pixels)
+
+
+def _backbone_cfg(a: argparse.Namespace) -> BackboneCfg:
+    return BackboneCfg(name=a.backbone, device=a.device, pool=a.pool)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgembed", description="Local image similarity search.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index (or update the index of) a folder of photos")
+    p.add_argument("folder")
+    _add_index_arg(p)
+    _add_model_args(p)
+    p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
+    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"])
+    p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("search", help="find the photos most similar to an image (or a text, with CLIP)")
+    p.add_argument("query", help="an image file, or text with --text")
+    _add_index_arg(p)
+    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("info", help="what an index holds")
+    _add_index_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="class-level retrieval quality (sub-folder names are labels)")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("--queries", required=True)
+    _add_model_args(p)
+    p.add_argument("--head", help="evaluate through this projection head")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _tqdm_progress(enabled: bool):
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not enabled:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from imgembed.indexer import index_folder
+
+    cfg = IndexJobCfg(
+        backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+        reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+    )
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1")
+    try:
+        summary = index_folder(a.folder, a.index, cfg, progress=update, wait=a.wait)
+    finally:
+        close()
+    for path, reason in summary.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from imgembed.search import Searcher
+
+    s = Searcher(a.index, device=a.device)
+    if a.text:
+        if not s.embedder.has_text:
+            raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
+                             "text search needs an index built with a CLIP backbone (open_clip:...)")
+        hits = s.search_text(a.query, a.k)
+    else:
+        hits = s.search_image_file(a.query, a.k)
+    if a.json:
+        print(json.dumps([{"path": h.path, "score": round(h.score, 6), "width": h.row.width,
+                           "height": h.row.height} for h in hits], indent=2))
+    else:
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:3d}  {h.score:.4f}  {h.path}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from imgembed.search import Searcher
+
+    info = Searcher(a.index).info()
+    if a.json:
+        print(json.dumps(asdict(info), indent=2))
+    else:
+        print(f"index      {info.path}\nimages     {info.count}\ndim        {info.dim}\n"
+              f"backbone   {info.backbone}\nhead       {info.head or 'none'}\n"
+              f"index type {info.index_type or 'empty'}\nmetric     {info.metric}\n"
+              f"generation {info.generation}\non disk    {info.disk_bytes / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from imgembed.embedder import Embedder
+    from imgembed.evaluate import load_features, project, score
+
+    embedder = Embedder.from_cfg(_backbone_cfg(a), a.head)
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    try:
+        data = load_features(a.gallery, a.queries, embedder, _reader_cfg(a),
+                             EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+                             progress=lambda d, t: update("features", d, t))
+    finally:
+        close()
+    for path, reason in data.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
+    name = "head" if a.head else f"{a.backbone} ({embedder.dim}-d)"
+    print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
+    print(f"mAP {100 * m.mAP:.1f}  P@5 {100 * m.precision_at[5]:.1f}  "
+          f"R@1 {100 * m.recall_at[1]:.1f}  R@5 {100 * m.recall_at[5]:.1f}  R@10 {100 * m.recall_at[10]:.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m.as_dict()}, indent=2))
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 user error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[a.command](a)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the index still holds its last complete state, and the vectors computed so "
+              "far are kept; run the same command again to finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Backbone + optional head on a device: uint8 pixels in, unit vectors out. Pure compute."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgembed.backbones import Backbone, create_backbone
+from imgembed.config import BackboneCfg
+from imgembed.head import HeadError, ProjectionHead, load_head
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """fp32 on CPUs (bf16 there is several times slower without bf16 units); bf16 on CUDA."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Embedder:
+    """Turns uint8 image batches into L2-normalised float32 vectors of ``dim`` dimensions."""
+
+    def __init__(self, backbone: Backbone, head: ProjectionHead | None = None,
+                 device: str = "auto", precision: str = "auto") -> None:
+        if head is not None:
+            if head.cfg.in_dim != backbone.dim:
+                raise HeadError(
+                    f"the head takes {head.cfg.in_dim}-d features but backbone '{backbone.spec}' "
+                    f"gives {backbone.dim}-d; train a head for this backbone (imgembed train-head)")
+            if head.cfg.backbone_fingerprint and head.cfg.backbone_fingerprint != backbone.fingerprint:
+                raise HeadError(
+                    f"the head was trained on backbone '{head.cfg.backbone}' "
+                    f"(weights {head.cfg.backbone_fingerprint}), not on '{backbone.spec}' "
+                    f"(weights {backbone.fingerprint}); use --backbone {head.cfg.backbone}")
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, precision)
+        self.backbone = backbone.to(self.device)
+        if self.device.type == "cpu":
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.head = head.to(self.device) if head is not None else None
+        pre = backbone.preprocess
+        self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    @classmethod
+    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None) -> "Embedder":
+        head = load_head(head_path) if head_path else None
+        return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision)
+
+    @property
+    def dim(self) -> int:
+        return self.head.cfg.out_dim if self.head is not None else self.backbone.dim
+
+    @property
+    def preprocess(self):
+        return self.backbone.preprocess
+
+    def identity(self) -> dict:
+        """What produced the vectors; an index records it and refuses a different one."""
+        return {
+            "backbone": self.backbone.spec,
+            "backbone_fingerprint": self.backbone.fingerprint,
+            "pool": getattr(self.backbone, "pool", None),
+            "head_fingerprint": self.head.fingerprint if self.head is not None else None,
+            "dim": self.dim,
+            "preprocess": self.backbone.preprocess.to_dict(),
+        }
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw backbone features ``float32 (B, backbone.dim)`` for ``uint8 (B, 3, H, W)`` pixels."""
+        x = pixels.to(self.device, non_blocking=True).float()
+        x = (x - self._mean) / self._std  # (B, 3, H, W)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return self.backbone(x).float()
+
+    @torch.inference_mode()
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Backbone features -> unit vectors ``(B, dim)`` (through the head when there is one)."""
+        feats = feats.to(self.device).float()
+        if self.head is not None:
+            return self.head(feats)
+        return F.normalize(feats, dim=-1)
+
+    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        """``uint8 (B, 3, H, W)`` -> ``float32 (B, dim)`` unit vectors."""
+        return self.project(self.features(pixels)).cpu().numpy().astype(np.float32, copy=False)
+
+    @property
+    def has_text(self) -> bool:
+        return self.backbone.has_text
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """``float32 (T, dim)`` unit vectors for text queries (CLIP backbones only)."""
+        feats = self.backbone.encode_text(texts)
+        return self.project(feats).cpu().numpy().astype(np.float32, copy=False)

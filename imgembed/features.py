@@ -1,0 +1,114 @@
+"""Raw backbone features for a list of files, with an on-disk cache.
+
+Evaluation and head training look at the same photos many times; the cache keys each file's
+features by (path, size, mtime) and the backbone's identity, so they are computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from imgembed.config import EmbedCfg, ReaderCfg, resolve_workers
+from imgembed.embedder import Embedder
+from imgembed.loader import iter_batches
+
+logger = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
+
+
+@dataclass
+class FeatureSet:
+    feats: np.ndarray  # float32 (N, D) raw backbone features; zeros where ok is False
+    ok: np.ndarray  # bool (N,)
+    failures: list[tuple[bytes, str]]  # (path, reason)
+    computed: int  # how many were computed now (the rest came from the cache)
+
+
+class FeatureCache:
+    """SQLite file of raw features for one backbone identity."""
+
+    def __init__(self, embedder: Embedder, root: Path | None = None) -> None:
+        ident = {k: v for k, v in embedder.identity().items() if k not in ("head_fingerprint", "dim")}
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        folder = (root or cache_root()) / "features"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.dim = embedder.backbone.dim
+        self.con = sqlite3.connect(folder / f"{key}.sqlite", timeout=30, isolation_level=None)
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("CREATE TABLE IF NOT EXISTS feats (path BLOB PRIMARY KEY, size INTEGER, "
+                         "mtime_ns INTEGER, vec BLOB)")
+
+    def get(self, paths: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        out = {}
+        for i in range(0, len(paths), 500):
+            chunk = list(paths[i:i + 500])
+            q = f"SELECT path, size, mtime_ns, vec FROM feats WHERE path IN ({','.join('?' * len(chunk))})"
+            for p, size, mtime, vec in self.con.execute(q, chunk):
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                if st.st_size == size and st.st_mtime_ns == mtime:
+                    out[p] = np.frombuffer(vec, dtype=np.float32)
+        return out
+
+    def put(self, items: list[tuple[bytes, np.ndarray]]) -> None:
+        rows = []
+        for p, v in items:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            rows.append((p, st.st_size, st.st_mtime_ns, np.ascontiguousarray(v, np.float32).tobytes()))
+        self.con.execute("BEGIN")
+        self.con.executemany("INSERT OR REPLACE INTO feats VALUES (?, ?, ?, ?)", rows)
+        self.con.execute("COMMIT")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def extract_features(paths: Sequence[bytes], embedder: Embedder, reader_cfg: ReaderCfg, embed_cfg: EmbedCfg,
+                     use_cache: bool = True, progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+    """Raw backbone features of ``paths`` (absolute, bytes), computing only what is not cached."""
+    dim = embedder.backbone.dim
+    feats = np.zeros((len(paths), dim), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    cache = FeatureCache(embedder) if use_cache else None
+    cached = cache.get(paths) if cache else {}
+    todo = []
+    for i, p in enumerate(paths):
+        if p in cached:
+            feats[i], ok[i] = cached[p], True
+        else:
+            todo.append((i, p))
+    failures: list[tuple[bytes, str]] = []
+    done = len(paths) - len(todo)
+    if progress:
+        progress(done, len(paths))
+    for batch in iter_batches(todo, embedder.preprocess, reader_cfg, embed_cfg.batch_size,
+                              resolve_workers(embed_cfg.workers)):
+        failures += [(paths[i], why) for i, why in batch.failures]
+        if batch.keys:
+            f = embedder.features(batch.pixels).cpu().numpy()
+            feats[batch.keys], ok[batch.keys] = f, True
+            if cache:
+                cache.put([(paths[i], v) for i, v in zip(batch.keys, f)])
+        done += len(batch.keys) + len(batch.failures)
+        if progress:
+            progress(done, len(paths))
+    if cache:
+        cache.close()
+    return FeatureSet(feats, ok, failures, len(todo))

@@ -1,0 +1,91 @@
+"""Finding image files under a root: a recursive scan that never follows directory symlinks.
+
+Paths are kept as ``bytes`` relative to the root (``os.fsencode``), so names that are not valid
+UTF-8 survive a round trip through the store; :func:`display` makes a printable form.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from imgembed.config import ReaderCfg
+
+
+class FileEntry(NamedTuple):
+    relpath: bytes  # relative to the root, os.fsencode'd
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ScanResult:
+    files: list[FileEntry]
+    skipped: list[tuple[bytes, str]]  # (relpath, reason)
+
+
+def display(relpath: bytes) -> str:
+    """A printable form of a stored path (undecodable bytes become U+FFFD)."""
+    return relpath.decode("utf-8", errors="replace")
+
+
+def abspath(root: str | Path, relpath: bytes) -> bytes:
+    return os.path.join(os.fsencode(root), relpath)
+
+
+def scan(root: str | Path, cfg: ReaderCfg) -> ScanResult:
+    """All image files under ``root`` with their size and mtime, sorted by path.
+
+    Directory symlinks are not followed (they can loop or leave the root). A file symlink is
+    followed when ``cfg.follow_symlinks`` and it resolves inside the root; otherwise it is skipped
+    with a reason. Unreadable directories are skipped with a reason.
+    """
+    root_b = os.fsencode(os.path.abspath(root))
+    real_root = os.path.realpath(root_b)
+    exts = tuple(e.encode() for e in cfg.extensions)
+    files: list[FileEntry] = []
+    skipped: list[tuple[bytes, str]] = []
+    stack = [root_b]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError as e:
+            skipped.append((os.path.relpath(d, root_b), f"cannot list folder: {e.strerror}"))
+            continue
+        with it:
+            for entry in it:
+                rel = os.path.relpath(entry.path, root_b)
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not entry.name.startswith(b"."):
+                            stack.append(entry.path)
+                        continue
+                    if not entry.name.lower().endswith(exts):
+                        continue
+                    if entry.is_symlink():
+                        if not cfg.follow_symlinks:
+                            skipped.append((rel, "symlink (not followed; see ReaderCfg.follow_symlinks)"))
+                            continue
+                        target = os.path.realpath(entry.path)
+                        if os.path.commonpath([target, real_root]) != real_root:
+                            skipped.append((rel, "symlink points outside the indexed folder"))
+                            continue
+                    st = entry.stat(follow_symlinks=True)
+                except OSError as e:
+                    skipped.append((rel, f"cannot stat: {e.strerror or e}"))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                files.append(FileEntry(rel, st.st_size, st.st_mtime_ns))
+    files.sort()
+    return ScanResult(files, skipped)
+
+
+def iter_image_paths(root: str | Path, cfg: ReaderCfg) -> Iterator[tuple[bytes, bytes]]:
+    """``(relpath, abspath)`` of every image under ``root`` in sorted order."""
+    for f in scan(root, cfg).files:
+        yield f.relpath, abspath(root, f.relpath)

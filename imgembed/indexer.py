@@ -1,0 +1,169 @@
+"""The indexing job: scan a folder, work out what changed, embed only that, publish.
+
+Unchanged files (same size and mtime) cost one ``stat``. New or changed files are hashed first
+when the index already holds vectors, so renamed and copied photos reuse them; only content the
+index has never seen is decoded and embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from imgembed import fs
+from imgembed.config import IndexJobCfg, resolve_workers
+from imgembed.embedder import Embedder
+from imgembed.head import head_paths
+from imgembed.loader import iter_batches
+from imgembed.reader import ImageSkipped, hash_file
+from imgembed.store import NewFile, PublishStats, StoreWriter
+
+logger = logging.getLogger(__name__)
+
+# progress(stage, done, total): stage is "hash" or "embed"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class IndexSummary:
+    root: str
+    scanned: int = 0
+    indexed: int = 0  # decoded and embedded in this run
+    reused: int = 0  # new paths whose content the index already had (renames, copies)
+    unchanged: int = 0
+    removed: int = 0  # deleted or changed files whose old entry was dropped
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    total: int = 0  # entries in the index after the run
+    publish: PublishStats | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
+            f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
+            f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding",
+        ]
+        if self.publish is not None:
+            out.append(f"index type {self.publish.index_type}, generation {self.publish.generation}")
+        return out
+
+
+def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
+                 embedder: Embedder | None = None, progress: Progress | None = None,
+                 wait: bool = False) -> IndexSummary:
+    """Bring the index at ``index_dir`` up to date with the images under ``root``.
+
+    Raises:
+        StoreError: the index is locked by another writer, or was built with another embedder.
+        FileNotFoundError / NotADirectoryError: ``root`` is not a folder.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    t0 = time.perf_counter()
+    summary = IndexSummary(str(root))
+    embedder = embedder or Embedder.from_cfg(cfg.backbone, cfg.head)
+    heads = head_paths(cfg.head) if cfg.head else ()
+    with StoreWriter(index_dir, embedder.identity(), cfg.index, head_files=heads, wait=wait) as store:
+        root_id = store.root_id(root)
+        scan = fs.scan(root, cfg.reader)
+        summary.scanned = len(scan.files)
+        summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
+
+        live = store.live_files(root_id)
+        on_disk = {f.relpath: f for f in scan.files}
+        todo = []
+        for f in scan.files:
+            old = live.get(f.relpath)
+            if old is not None and old[1] == f.size and old[2] == f.mtime_ns:
+                summary.unchanged += 1
+            else:
+                todo.append(f)
+        changed = {f.relpath for f in todo}
+        store.remove(v[0] for rel, v in live.items() if rel not in on_disk or rel in changed)
+        summary.removed = sum(1 for rel in live if rel not in on_disk)
+
+        if todo and store.has_vectors():
+            todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
+        _embed(store, root, root_id, todo, embedder, cfg, summary, progress)
+        summary.publish = store.publish()
+        summary.total = summary.publish.total
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry],
+                   cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> list[fs.FileEntry]:
+    """Record files whose content the index already has; return the ones still to embed."""
+
+    def one(f: fs.FileEntry):
+        try:
+            return f, hash_file(fs.abspath(root, f.relpath), cfg.reader), None
+        except ImageSkipped as e:
+            return f, None, str(e)
+
+    hashed = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for n, (f, digest, err) in enumerate(pool.map(one, todo), 1):
+            if err:
+                summary.skipped.append((fs.display(f.relpath), err))
+            else:
+                hashed.append((f, digest))
+            if progress:
+                progress("hash", n, len(todo))
+    known = store.known_hashes(d for _, d in hashed)
+    dims = store.dims_of(known)
+    reuse = [NewFile(f.relpath, f.size, f.mtime_ns, d, *dims[d]) for f, d in hashed if d in known]
+    store.add(root_id, reuse)
+    summary.reused = len(reuse)
+    return [f for f, d in hashed if d not in known]
+
+
+def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
+           cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> None:
+    if not todo:
+        return
+    by_rel = {f.relpath: f for f in todo}
+    items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
+    pending: list[NewFile] = []
+    vecs = []
+    done = 0
+    t0 = time.perf_counter()
+    batches = iter_batches(items, embedder.preprocess, cfg.reader, cfg.embed.batch_size,
+                           resolve_workers(cfg.embed.workers), pin_memory=embedder.device.type == "cuda")
+    for batch in batches:
+        for rel, reason in batch.failures:
+            summary.skipped.append((fs.display(rel), reason))
+            logger.warning("skipped %s: %s", fs.display(rel), reason)
+        if batch.keys:
+            vecs.append(embedder.embed(batch.pixels))
+            for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):
+                f = by_rel[rel]
+                pending.append(NewFile(rel, f.size, f.mtime_ns, digest, w, h))
+        done += len(batch.keys) + len(batch.failures)
+        if len(pending) >= cfg.commit_every:
+            _flush(store, root_id, pending, vecs, summary)
+        if progress:
+            progress("embed", done, len(todo))
+    _flush(store, root_id, pending, vecs, summary)
+    summary.embed_seconds = time.perf_counter() - t0
+
+
+def _flush(store: StoreWriter, root_id: int, pending: list[NewFile], vecs: list, summary: IndexSummary) -> None:
+    if not pending:
+        return
+    store.add(root_id, list(pending), np.concatenate(vecs))
+    summary.indexed += len(pending)
+    pending.clear()
+    vecs.clear()

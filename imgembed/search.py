@@ -1,0 +1,123 @@
+"""Answering queries against an index: by image, by stored photo, by vector, or by text (CLIP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from imgembed import vector_index
+from imgembed.config import BackboneCfg, ReaderCfg
+from imgembed.embedder import Embedder
+from imgembed.head import load_head
+from imgembed.reader import decode_query
+from imgembed.store import Row, Snapshot, StoreError, check_identity
+
+
+class Hit(NamedTuple):
+    id: int
+    path: str  # absolute path (undecodable bytes shown as U+FFFD)
+    score: float  # cosine similarity
+    row: Row
+
+
+@dataclass
+class IndexInfo:
+    path: str
+    count: int
+    dim: int
+    backbone: str
+    head: str | None
+    index_type: str
+    generation: int
+    disk_bytes: int
+    metric: str
+
+
+def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
+    """Rebuild the embedder an index was made with (its backbone, pooling and head)."""
+    from imgembed.backbones import create_backbone
+
+    cfg = BackboneCfg(name=manifest["backbone"], device=device, pool=manifest.get("pool") or "gem")
+    head = load_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None
+    embedder = Embedder(create_backbone(cfg), head, device=device)
+    check_identity(manifest, embedder.identity(), index_dir)
+    return embedder
+
+
+class Searcher:
+    """An open index plus the embedder that made it. Reloads when a writer publishes."""
+
+    def __init__(self, index_dir: str | Path, embedder: Embedder | None = None, device: str = "auto",
+                 mmap: bool = False, reader_cfg: ReaderCfg | None = None) -> None:
+        self.dir = Path(index_dir)
+        self.snapshot = Snapshot(self.dir, mmap=mmap)
+        self.reader_cfg = reader_cfg or ReaderCfg()
+        self._embedder = embedder
+        self._device = device
+        if embedder is not None:
+            check_identity(self.snapshot.manifest, embedder.identity(), self.dir)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:  # loaded lazily: info and vector search need no model
+            self._embedder = embedder_for(self.snapshot.manifest, self.dir, self._device)
+        return self._embedder
+
+    def info(self) -> IndexInfo:
+        self.snapshot.refresh()
+        m = self.snapshot.manifest
+        return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
+                         self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"])
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries (q, dim)``, best first."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.snapshot.manifest["dim"]:
+            raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.snapshot.refresh()
+        for _ in range(3):
+            if self.snapshot.index is None or self.snapshot.count == 0:
+                return [[] for _ in queries]
+            extra = len(exclude) if exclude else 0
+            scores, ids = vector_index.search(self.snapshot.index, queries, k + extra)
+            rows = self.snapshot.rows(ids[ids >= 0].tolist())
+            if all(int(i) in rows for i in ids[ids >= 0]):
+                break
+            self.snapshot.refresh()  # rows purged by a newer generation: search that one instead
+        out = []
+        for srow, irow in zip(scores, ids):
+            hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)])
+                    for s, i in zip(srow, irow) if i >= 0 and int(i) in rows and not (exclude and int(i) in exclude)]
+            out.append(hits[:k])
+        return out
+
+    def embed_image_bytes(self, data: bytes) -> np.ndarray:
+        """``(1, dim)`` query vector for an uploaded image. Raises ImageSkipped for bad input."""
+        pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg)
+        return self.embedder.embed(pixels)
+
+    def search_image_bytes(self, data: bytes, k: int = 10) -> list[Hit]:
+        return self.search_vectors(self.embed_image_bytes(data), k)[0]
+
+    def search_image_file(self, path: str | Path, k: int = 10) -> list[Hit]:
+        with open(path, "rb") as f:
+            return self.search_image_bytes(f.read(), k)
+
+    def search_id(self, file_id: int, k: int = 10) -> list[Hit]:
+        """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
+        vec = self.snapshot.vectors([file_id]).get(file_id)
+        if vec is None:
+            raise StoreError(f"no photo with id {file_id} in {self.dir}")
+        return self.search_vectors(vec[None], k, exclude={file_id})[0]
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        return self.search_vectors(self.embedder.embed_text([text]), k)[0]
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", errors="replace")

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from PIL import Image
+
+from imgembed.backbones import BackboneError, create_backbone, known_backbones
+from imgembed.config import BackboneCfg
+from imgembed.embedder import Embedder
+from imgembed.reader import to_tensor
+
+
+@pytest.fixture(params=["test-tiny", "efficientnet-lite0", "clip", "torchvision"])
+def backbone(request, tiny_clip, tiny_torchvision):
+    spec = {"clip": tiny_clip, "torchvision": tiny_torchvision}.get(request.param, request.param)
+    return create_backbone(BackboneCfg(name=spec))
+
+
+def test_contract_images_to_pooled_features(backbone):
+    pre = backbone.preprocess
+    x = torch.randn(2, 3, pre.size, pre.size)
+    with torch.inference_mode():
+        y = backbone(x)
+    assert y.shape == (2, backbone.dim)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    assert len(backbone.fingerprint) == 16
+    assert backbone.spec
+
+
+def test_embedder_gives_unit_vectors(backbone):
+    e = Embedder(backbone, device="cpu")
+    pixels = torch.randint(0, 256, (3, 3, backbone.preprocess.size, backbone.preprocess.size), dtype=torch.uint8)
+    v = e.embed(pixels)
+    assert v.shape == (3, backbone.dim)
+    assert abs(float((v ** 2).sum(1).mean()) - 1.0) < 1e-5
+
+
+def test_default_weights_are_real_imagenet_weights():
+    """A real cat photo is classified as an ImageNet cat (classes 281-285) by the model's own head."""
+    from skimage import data
+
+    bb = create_backbone(BackboneCfg())
+    im = Image.fromarray(data.chelsea()).convert("RGB")
+    pre = bb.preprocess
+    x = to_tensor(im, pre)[None].float()
+    x = (x / 255.0 - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probs = bb.classify(x).softmax(-1)[0]
+    top = int(probs.argmax())
+    assert 281 <= top <= 285, f"top class {top}"
+    assert float(probs[281:286].sum()) > 0.5
+
+
+def test_unknown_backbone_lists_known_ones():
+    with pytest.raises(ValueError) as e:
+        create_backbone(BackboneCfg(name="nosuchnet"))
+    for name in ("efficientnet-lite0", "open_clip", "torchvision"):
+        assert name in str(e.value)
+    assert set(known_backbones()) >= {"efficientnet-lite0", "open_clip", "torchvision", "test-tiny"}
+
+
+def test_open_clip_without_weights_refuses_random_init():
+    with pytest.raises(BackboneError, match="random weights"):
+        create_backbone(BackboneCfg(name="open_clip:ViT-B-32"))
+
+
+def test_open_clip_missing_file_says_how_to_supply(tmp_path):
+    with pytest.raises(BackboneError, match="not found"):
+        create_backbone(BackboneCfg(name=f"open_clip:ViT-B-32:{tmp_path}/missing.safetensors"))
+
+
+def test_open_clip_unavailable_tag_says_how_to_supply(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("IMGEMBED_CACHE_DIR", str(tmp_path))
+    with pytest.raises(BackboneError) as e:
+        create_backbone(BackboneCfg(name="open_clip:ViT-B-32:laion2b_s34b_b79k"))
+    assert "local checkpoint file" in str(e.value)
+
+
+def test_open_clip_loads_local_weights_exactly(tiny_clip):
+    import open_clip
+
+    path = tiny_clip.rsplit(":", 1)[1]
+    ref = open_clip.create_model("imgembed-test-vit")
+    ref.load_state_dict(torch.load(path, weights_only=True))
+    bb = create_backbone(BackboneCfg(name=tiny_clip))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(bb(x), ref.encode_image(x), atol=1e-6)
+    assert bb.has_text and bb.encode_text(["a photo of a hat"]).shape == (1, bb.dim)
+
+
+def test_torchvision_without_weights_refuses(tiny_torchvision):
+    with pytest.raises(BackboneError, match="random weights"):
+        create_backbone(BackboneCfg(name="torchvision:resnet18"))
+    bb = create_backbone(BackboneCfg(name=tiny_torchvision))
+    assert bb.dim == 512
+
+
+def test_text_on_image_only_backbone_explains():
+    bb = create_backbone(BackboneCfg(name="test-tiny"))
+    assert not bb.has_text
+    with pytest.raises(BackboneError, match="no text encoder"):
+        bb.encode_text(["hat"])

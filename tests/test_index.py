@@ -1,0 +1,203 @@
+"""The indexing job and the store: incremental updates, identity checks, locking, search."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY, make_photo, write_photos
+from imgembed.config import BackboneCfg, IndexCfg, IndexJobCfg
+from imgembed.indexer import index_folder
+from imgembed.search import Searcher
+from imgembed.store import StoreError, StoreWriter
+
+
+def cfg(**kw) -> IndexJobCfg:
+    c = IndexJobCfg(backbone=BackboneCfg(name=TINY), **kw)
+    c.embed.workers = 0
+    return c
+
+
+def live_paths(index_dir) -> set[str]:
+    s = Searcher(index_dir)
+    return {os.path.basename(r.path).decode() for r in s.snapshot.iter_rows()}
+
+
+def test_first_run_indexes_everything_then_nothing(photos, tmp_path):
+    ix = tmp_path / "ix"
+    s1 = index_folder(photos, ix, cfg())
+    assert (s1.indexed, s1.unchanged, s1.removed, s1.total) == (12, 0, 0, 12)
+    s2 = index_folder(photos, ix, cfg())
+    assert (s2.indexed, s2.reused, s2.unchanged, s2.removed, s2.total) == (0, 0, 12, 0, 12)
+    assert s2.publish.generation == 1  # nothing changed, nothing republished
+
+
+def test_add_modify_rename_delete(photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_folder(photos, ix, cfg())
+    write_photos(photos / "new", 2, start=100)  # two new photos
+    os.rename(photos / "c0" / "img0000.jpg", photos / "c0" / "renamed.jpg")  # rename
+    shutil.copy(photos / "c1" / "img0001.jpg", photos / "copy.jpg")  # copy
+    (photos / "c2" / "img0002.jpg").unlink()  # delete
+    make_photo(999).save(photos / "c0" / "img0003.jpg")  # modify in place
+    os.utime(photos / "c0" / "img0003.jpg", ns=(1, 1))
+    s = index_folder(photos, ix, cfg())
+    assert s.indexed == 3  # two new + one modified
+    assert s.reused == 2  # rename + copy reuse stored vectors
+    assert s.removed == 2  # the deleted file and the rename's old path
+    assert s.total == 12 - 1 + 2 + 1
+    names = live_paths(ix)
+    assert "renamed.jpg" in names and "copy.jpg" in names
+    assert "img0000.jpg" not in names and "img0002.jpg" not in names
+
+
+def test_vectors_match_a_clean_build(photos, tmp_path):
+    index_folder(photos, tmp_path / "a", cfg())
+    (photos / "c0" / "img0000.jpg").unlink()
+    write_photos(photos, 3, start=50)
+    index_folder(photos, tmp_path / "a", cfg())
+    index_folder(photos, tmp_path / "b", cfg())
+    a, b = Searcher(tmp_path / "a").snapshot, Searcher(tmp_path / "b").snapshot
+    ra = {r.relpath: r.id for r in a.iter_rows()}
+    rb = {r.relpath: r.id for r in b.iter_rows()}
+    assert ra.keys() == rb.keys()
+    va, vb = a.vectors(ra.values()), b.vectors(rb.values())
+    for rel in ra:
+        np.testing.assert_allclose(va[ra[rel]], vb[rb[rel]], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_search_agrees_with_brute_force(tmp_path, kind):
+    folder = tmp_path / "p"
+    write_photos(folder, 60)
+    ix = tmp_path / "ix"
+    c = cfg()
+    c.index = IndexCfg(index_type=kind, ivf_nprobe=64)
+    index_folder(folder, ix, c)
+    s = Searcher(ix)
+    rows = list(s.snapshot.iter_rows())
+    vecs = s.snapshot.vectors([r.id for r in rows])
+    ids = np.array([r.id for r in rows])
+    X = np.stack([vecs[i] for i in ids])
+    q = X[7]
+    sims = X @ q
+    expected = np.sort(sims)[::-1][:5]
+    hits = s.search_vectors(q[None], k=5)[0]
+    assert s.snapshot.index_type == kind
+    assert hits[0].id == ids[7]
+    # exact scores, and each is the true similarity of the id returned
+    np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-5)
+    np.testing.assert_allclose([h.score for h in hits], [sims[ids == h.id][0] for h in hits], atol=1e-5)
+
+
+def test_ivfpq_index_through_the_store(tmp_path):
+    folder = tmp_path / "p"
+    write_photos(folder, 30)
+    c = cfg()
+    c.index = IndexCfg(index_type="ivfpq")
+    index_folder(folder, tmp_path / "ix", c)
+    s = Searcher(tmp_path / "ix")
+    from imgembed.vector_index import ids_of
+    ids = sorted(r.id for r in s.snapshot.iter_rows())
+    assert s.snapshot.index_type == "ivfpq" and sorted(ids_of(s.snapshot.index)) == ids
+    hits = s.search_image_file(folder / "img0004.jpg", k=5)
+    assert len({h.id for h in hits}) == 5 and set(h.id for h in hits) <= set(ids)
+
+
+def test_removal_in_hnsw_rebuilds(tmp_path):
+    folder = tmp_path / "p"
+    write_photos(folder, 10)
+    c = cfg()
+    c.index = IndexCfg(index_type="hnsw")
+    index_folder(folder, tmp_path / "ix", c)
+    (folder / "img0003.jpg").unlink()
+    s = index_folder(folder, tmp_path / "ix", c)
+    assert s.publish.rebuilt and s.total == 9
+    assert Searcher(tmp_path / "ix").snapshot.count == 9
+
+
+def test_other_backbone_is_a_clear_error(photos, tmp_path):
+    index_folder(photos, tmp_path / "ix", cfg())
+    other = cfg()
+    other.backbone = BackboneCfg(name="test-tiny:16")
+    with pytest.raises(StoreError, match="was built with backbone test-tiny") as e:
+        index_folder(photos, tmp_path / "ix", other)
+    assert "dim" in str(e.value)
+
+
+def test_second_writer_is_refused(photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_folder(photos, ix, cfg())
+    ident = Searcher(ix).embedder.identity()
+    with StoreWriter(ix, ident, IndexCfg()):
+        with pytest.raises(StoreError, match="being written by pid"):
+            index_folder(photos, ix, cfg())
+    assert index_folder(photos, ix, cfg()).unchanged == 12  # lock released
+
+
+def test_roots_share_one_index(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_photos(a, 4)
+    write_photos(b, 5, start=10)
+    ix = tmp_path / "ix"
+    index_folder(a, ix, cfg())
+    s = index_folder(b, ix, cfg())
+    assert s.total == 9
+    (a / "img0000.jpg").unlink()
+    s = index_folder(b, ix, cfg())  # indexing b never touches a's entries
+    assert s.total == 9 and s.removed == 0
+    assert index_folder(a, ix, cfg()).total == 8
+
+
+def test_interrupted_run_keeps_vectors_and_finishes(photos, tmp_path, monkeypatch):
+    """A run that dies after committing vectors leaves the old index readable; the next run
+    publishes without embedding again."""
+    ix = tmp_path / "ix"
+    write_photos(photos / "more", 20, start=200)
+    c = cfg()
+    c.commit_every = 8
+    c.embed.batch_size = 8
+    from imgembed import store
+
+    def boom(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.StoreWriter, "publish", boom)
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(photos, ix, c)
+    monkeypatch.undo()
+    assert Searcher(ix).snapshot.count == 0  # nothing was published: an empty, openable index
+    s = index_folder(photos, ix, c)
+    assert s.indexed == 0 and s.unchanged == 32 and s.total == 32
+    assert Searcher(ix).snapshot.count == 32
+
+
+def test_search_by_image_bytes_and_by_id(photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_folder(photos, ix, cfg())
+    s = Searcher(ix)
+    q = photos / "c1" / "img0004.jpg"
+    hits = s.search_image_file(q, k=3)
+    assert hits[0].path.endswith("img0004.jpg") and hits[0].score > 0.999
+    row = s.snapshot.row_by_path(os.fsencode(q.resolve()))
+    more = s.search_id(row.id, k=3)
+    assert row.id not in [h.id for h in more] and len(more) == 3
+    info = s.info()
+    assert info.count == 12 and info.dim == 32 and info.index_type == "flat" and info.disk_bytes > 0
+
+
+def test_hostile_manifest_is_a_clear_error(photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_folder(photos, ix, cfg())
+    (ix / "manifest.json").write_text('{"format_version": 1, "dim": "lots"}')
+    with pytest.raises(StoreError, match="not a valid imgembed manifest"):
+        Searcher(ix)
+    (ix / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        Searcher(ix)
+
+
+def test_missing_index_says_how_to_build(tmp_path):
+    with pytest.raises(StoreError, match="imgembed index FOLDER"):
+        Searcher(tmp_path / "nothing")
