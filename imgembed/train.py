@@ -44,6 +44,7 @@ class TrainCfg:
     hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
     patience: int = 10  # stop after this many epochs without a better validation score
+    min_delta: float = 1e-3  # a validation score must rise by more than this to count as better
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -221,7 +222,7 @@ def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
                 total, steps = total + float(loss.detach()), steps + 1
             val = validate()
             history.append({"epoch": epoch, "loss": total / max(steps, 1), "val": val})
-            if val > best_val:
+            if val > best_val + cfg.min_delta:
                 best_val, best_state, best_epoch = val, _state(head), epoch
             if progress:
                 progress(history[-1])
