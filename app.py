@@ -355,14 +355,15 @@ def duplicates_view(searcher: Searcher) -> None:
 
 def collection_view(searcher: Searcher) -> None:
     info = searcher.info()
-    cols = st.columns(6)
+    cols = st.columns([1, 3, 1, 1, 1, 1])
     cols[0].metric("Photos", f"{info.count:,}")
     cols[1].metric("Backbone", info.backbone)
     cols[2].metric("Dimensions", info.dim)
     cols[3].metric("Index type", info.index_type or "empty")
     cols[4].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
     cols[5].metric("Generation", info.generation)
-    st.caption(f"Index folder {md(info.path)} · metric {info.metric} · head {md(info.head or 'none')}")
+    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · metric {info.metric} · "
+               f"index folder {md(info.path)}")
     st.subheader("Map of the collection")
     data, n = collection_map(str(searcher.dir), searcher.snapshot.generation, searcher)
     if data is None:
