@@ -174,14 +174,14 @@ def current_query(upload) -> dict | None:
     return ss.get("query")
 
 
-def build_form(target: str, key: str) -> None:
+def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
     """Index a folder typed into the page, with a progress bar and the CLI's summary."""
     with st.form(f"build-{key}"):
         folder = st.text_input("Folder of photos to index", key=f"{key}-folder",
                                placeholder="/home/me/Pictures")
         index_dir = st.text_input("Index folder", value=target, key=f"{key}-index")
         backbone = st.text_input(
-            "Backbone", value=DEFAULT_BACKBONE, key=f"{key}-backbone",
+            "Backbone", value=backbone, key=f"{key}-backbone",
             help="efficientnet-lite0 works offline; open_clip:ARCH:WEIGHTS adds text search")
         go = st.form_submit_button("Index this folder", type="primary")
     if not go:
@@ -395,7 +395,7 @@ def main() -> None:
                     f"{info.dim}-d · {info.index_type or 'empty'} · {info.disk_bytes / 2**20:.1f} MiB")
         with st.expander("Index another folder"):
             st.caption("New photos are added to the index; unchanged ones are skipped.")
-            build_form(index_dir, "more")
+            build_form(index_dir, "more", info.backbone)
     if info.count == 0:
         st.warning("This index is empty. Index a folder of photos (sidebar) to start.")
         return
