@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 import torch
+from PIL import Image
 
 from imgembed.backbones import BackboneError
 from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
-from imgembed.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph
+from imgembed import vector_index
+from imgembed.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph, neighbour_graph_chunked
 from imgembed.head import HeadError
 from imgembed.indexer import index_folder
 from imgembed.projection import grid_shape, pca_2d, snap_to_grid
@@ -36,6 +38,7 @@ MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collec
 MAP_CELL = 64
 PICK_MAX = 5000  # photos offered in the "pick from the index" list
 MAX_GROUPS = 60  # duplicate groups drawn at once
+EXACT_DUPLICATES_MAX = 50_000  # above this, duplicates are found through the index's own search
 OPEN_ERRORS = (StoreError, BackboneError, HeadError, ValueError, OSError)
 
 st.set_page_config(page_title="imgembed: similar photos", page_icon="🔎", layout="wide")
@@ -80,19 +83,23 @@ def thumb_jpeg(path: bytes, mtime_ns: int, size: int, square: bool = True) -> tu
 
 @st.cache_data(max_entries=4, show_spinner="Finding each photo's nearest neighbours…")
 def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> NeighbourGraph:
-    ids, vecs = all_vectors(_searcher)
-    return neighbour_graph(ids, vecs, k=8)
+    ids = all_ids(_searcher)
+    if len(ids) <= EXACT_DUPLICATES_MAX:
+        return neighbour_graph(*vectors_of(_searcher, ids), k=8)
+    index = _searcher.snapshot.index  # large collections: ask the index itself, chunk by chunk
+    chunks = (vectors_of(_searcher, part) for part in np.array_split(ids, len(ids) // 10_000 + 1))
+    return neighbour_graph_chunked(chunks, lambda q, k: vector_index.search(index, q, k), k=8)
 
 
 @st.cache_data(max_entries=4, show_spinner="Drawing the map…")
 def collection_map(index_dir: str, generation: int, _searcher: Searcher) -> tuple[bytes | None, int]:
     """A JPEG of up to MAP_MAX thumbnails placed by a PCA of their embeddings, and how many."""
-    ids, vecs = all_vectors(_searcher)
+    ids = all_ids(_searcher)
     if len(ids) == 0:
         return None, 0
     if len(ids) > MAP_MAX:
-        pick = np.sort(np.random.default_rng(0).choice(len(ids), MAP_MAX, replace=False))
-        ids, vecs = ids[pick], vecs[pick]
+        ids = np.sort(np.random.default_rng(0).choice(ids, MAP_MAX, replace=False))
+    ids, vecs = vectors_of(_searcher, ids)
     cols, rows = grid_shape(len(ids))
     cells = snap_to_grid(pca_2d(vecs), cols, rows)
     by_id = _searcher.snapshot.rows(ids.tolist())
@@ -105,25 +112,22 @@ def collection_map(index_dir: str, generation: int, _searcher: Searcher) -> tupl
                 im = thumbnail(row.path, MAP_CELL, ReaderCfg())
             except ImageSkipped:
                 pass
-        tiles.append(im if im is not None else fit(_blank(), MAP_CELL))
+        tiles.append(im if im is not None else Image.new("RGB", (MAP_CELL, MAP_CELL), (210, 210, 210)))
     canvas = contact_map(tiles, [tuple(c) for c in cells.tolist()], cols, rows, MAP_CELL)
     return jpeg_bytes(canvas, quality=80), len(ids)
 
 
-def _blank():
-    from PIL import Image
+def all_ids(searcher: Searcher) -> np.ndarray:
+    """File ids of every photo in the open generation, ascending."""
+    return np.fromiter((r.id for r in searcher.snapshot.iter_rows()), dtype=np.int64)
 
-    return Image.new("RGB", (MAP_CELL, MAP_CELL), (210, 210, 210))
 
-
-def all_vectors(searcher: Searcher) -> tuple[np.ndarray, np.ndarray]:
-    """``ids (n,)`` and stored vectors ``(n, dim)`` of every photo in the open generation."""
-    ids = np.fromiter((r.id for r in searcher.snapshot.iter_rows()), dtype=np.int64)
+def vectors_of(searcher: Searcher, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""
     found = searcher.snapshot.vectors(ids.tolist())
     ids = np.array([i for i in ids.tolist() if i in found], dtype=np.int64)
     dim = searcher.snapshot.manifest["dim"]
-    vecs = np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.zeros((0, dim), np.float32)
-    return ids, vecs
+    return ids, np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.zeros((0, dim), np.float32)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -340,13 +344,16 @@ def duplicates_view(searcher: Searcher) -> None:
         members = [rows[i] for i in g.ids if i in rows]
         if len(members) < 2:
             continue
-        keeper = max(members, key=lambda r: (r.width * r.height, r.size))
+        size_of = {r.id: (r.width * r.height, r.size) for r in members}
+        best = max(size_of.values())
+        keeper = [i for i, v in size_of.items() if v == best]  # marked only when one stands out
+        keeper = keeper[0] if len(keeper) == 1 else None
         with st.container(border=True):
             st.markdown(f"**Group {n}** · {len(members)} photos · similarity ≥ {g.score:.3f}")
             cols = st.columns(max(len(members), 4))
             for col, row in zip(cols, members):
                 with col:
-                    badge = " · **largest**" if row.id == keeper.id else ""
+                    badge = " · **largest**" if row.id == keeper else ""
                     show_photo(row, f"{md(shown_name(row))}  \n{row.width}×{row.height} px · "
                                f"{row.size / 1024:.0f} KB{badge}", size=200)
     if len(groups) > MAX_GROUPS:

@@ -188,6 +188,7 @@ def test_duplicates_view_groups_copies_side_by_side(tmp_path, monkeypatch):
     small = next(c for c in caps if c.startswith("shoes small"))
     large = next(c for c in caps if c.startswith("shoes\\.jpg"))
     assert "**largest**" in large and "largest" not in small and "px" in small and "KB" in small
+    assert not any("largest" in c for c in caps if c.startswith("hat"))  # same size: no pick made
     at.slider(key="dup_threshold").set_value(1.0).run()
     assert len(at.get("image")) <= 2  # only the exact copy can survive 1.000
     assert (folder / "hat copy.jpg").exists() and (folder / "shoes small.jpg").exists()  # nothing deleted

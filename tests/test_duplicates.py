@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from imgembed.duplicates import duplicate_groups, neighbour_graph
+from imgembed.duplicates import duplicate_groups, neighbour_graph, neighbour_graph_chunked
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -87,3 +87,21 @@ def test_small_and_bad_inputs():
     assert one.nbr.shape == (1, 0) and duplicate_groups(one, 0.5) == []
     with pytest.raises(ValueError):
         neighbour_graph(np.arange(3), np.ones((2, 3)))
+
+
+def test_chunked_search_through_an_index_matches_exact():
+    import faiss
+
+    ids, x = planted(1)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
+    index.add_with_ids(x, ids)
+    chunks = [(ids[i:i + 16], x[i:i + 16]) for i in range(0, len(ids), 16)]
+    chunked = neighbour_graph_chunked(chunks, index.search, k=8)
+    exact = neighbour_graph(ids, x, k=8)
+    assert (chunked.ids == exact.ids).all() and (chunked.nbr == exact.nbr).all()
+    assert np.allclose(chunked.score, exact.score)
+    assert [g.ids for g in duplicate_groups(chunked, 0.95)] == [g.ids for g in duplicate_groups(exact, 0.95)]
+    # A neighbour the graph does not hold (removed since) is no edge, not an error.
+    chunked.nbr[chunked.nbr == chunked.nbr[0, 0]] = 999_999
+    groups = duplicate_groups(chunked, 0.0)
+    assert groups and all(999_999 not in g.ids for g in groups)
