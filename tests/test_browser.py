@@ -94,15 +94,31 @@ def browser():
             b.close()
 
 
+def _wait_idle(page) -> None:
+    """Wait until the script run has finished and no element of the previous run is left."""
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app && app.getAttribute('data-test-script-state') === 'notRunning'
+                && !document.querySelector('[data-stale="true"]');
+        }""", timeout=120_000)
+
+
 def _wait_for_results(page, previous_latency: str | None = None) -> str:
-    """Wait until a result grid is on the page; return its latency text."""
+    """Wait until a new result grid is complete on the page; return its latency text."""
     lat = page.get_by_text(re.compile(r"query answered in \d+ ms"))
     lat.wait_for(timeout=120_000)
     if previous_latency is not None:  # a new query: wait for the text to change
         page.wait_for_function(
             "prev => !document.body.innerText.includes(prev)", arg=previous_latency, timeout=60_000)
+    _wait_idle(page)
     text = lat.inner_text()
     return re.search(r"query answered in \d+ ms", text).group(0)
+
+
+def _result_scores(page) -> list[float]:
+    captions = page.locator('[data-testid="stImage"]').all_inner_texts()
+    return [float(m.group(1)) for c in captions if (m := re.match(r"\s*(-?\d\.\d{3}) · ", c))]
 
 
 def _rendered_images(page, count: int) -> list[dict]:
@@ -117,7 +133,7 @@ def _rendered_images(page, count: int) -> list[dict]:
         "imgs => imgs.map(i => ({w: i.naturalWidth, h: i.naturalHeight, ok: i.complete, src: i.src}))")
 
 
-def test_upload_in_chromium_renders_neighbours(app_url, browser):
+def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser first: skips fast
     t0 = time.perf_counter()
     page = browser.new_page(viewport={"width": 1440, "height": 1500})
     page.goto(app_url, wait_until="domcontentloaded")
@@ -128,6 +144,8 @@ def test_upload_in_chromium_renders_neighbours(app_url, browser):
     assert len(images) == K + 1
     assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
     assert all("/media/" in i["src"] for i in images)
+    scores = _result_scores(page)  # one consistent grid: K results, best first, the photo itself on top
+    assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.999, scores
     assert page.get_by_text("More like this").count() == K
     captions = page.locator('[data-testid="stImage"]').all_inner_texts()
     assert any(QUERY.name in c for c in captions)  # the photo finds itself, its name shown plainly
@@ -136,6 +154,8 @@ def test_upload_in_chromium_renders_neighbours(app_url, browser):
     page.locator('input[type="file"]').set_input_files(str(SECOND))
     warm = _wait_for_results(page, first)
     _rendered_images(page, K + 1)
+    scores = _result_scores(page)
+    assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.999, scores
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
     shot = out / "app-search.png"
@@ -145,10 +165,13 @@ def test_upload_in_chromium_renders_neighbours(app_url, browser):
     page.get_by_text("More like this").first.click()
     third = _wait_for_results(page, warm)
     _rendered_images(page, K + 1)
+    scores = _result_scores(page)  # the clicked photo is the query now, so it is not among its results
+    assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] < 0.999, scores
 
     # The collection view draws the map.
     page.get_by_text("Collection", exact=True).click()
     page.get_by_text("Map of the collection").wait_for(timeout=60_000)
+    _wait_idle(page)
     maps = _rendered_images(page, 1)
     assert len(maps) == 1 and maps[0]["w"] > 500
     page.screenshot(path=str(out / "app-map.png"), full_page=True)
