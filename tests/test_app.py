@@ -26,6 +26,16 @@ def demo(tmp_path_factory) -> Path:
     return demo_index(tmp_path_factory)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The app sets PyTorch's thread count for its process; give the other tests theirs back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def start(monkeypatch, index: Path | str):
     from streamlit.testing.v1 import AppTest
 

@@ -72,7 +72,7 @@ def app_url(tmp_path_factory, tmp_path):
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(3)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
@@ -104,15 +104,15 @@ def _wait_idle(page) -> None:
         }""", timeout=120_000)
 
 
-def _wait_for_results(page, previous_latency: str | None = None) -> str:
-    """Wait until a new result grid is complete on the page; return its latency text."""
-    lat = page.get_by_text(re.compile(r"query answered in \d+ ms"))
-    lat.wait_for(timeout=120_000)
-    if previous_latency is not None:  # a new query: wait for the text to change
-        page.wait_for_function(
-            "prev => !document.body.innerText.includes(prev)", arg=previous_latency, timeout=60_000)
+def _wait_for_results(page, query_caption: str) -> str:
+    """Wait until the grid for the query shown as ``query_caption`` is complete; return its latency."""
+    page.wait_for_function(
+        """c => {
+            const first = document.querySelector('[data-testid="stImage"]');  // the query comes first
+            return first && first.innerText.trim() === c;
+        }""", arg=query_caption, timeout=120_000)
     _wait_idle(page)
-    text = lat.inner_text()
+    text = page.get_by_text(re.compile(r"query answered in \d+ ms")).inner_text()
     return re.search(r"query answered in \d+ ms", text).group(0)
 
 
@@ -139,7 +139,7 @@ def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser fir
     page.goto(app_url, wait_until="domcontentloaded")
     page.locator('input[type="file"]').wait_for(state="attached", timeout=180_000)  # model loads first
     page.locator('input[type="file"]').set_input_files(str(QUERY))
-    first = _wait_for_results(page)
+    first = _wait_for_results(page, QUERY.name)
     images = _rendered_images(page, K + 1)  # the query and its K neighbours
     assert len(images) == K + 1
     assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
@@ -152,7 +152,7 @@ def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser fir
 
     # A second upload on the now warm app: the latency a user sees.
     page.locator('input[type="file"]').set_input_files(str(SECOND))
-    warm = _wait_for_results(page, first)
+    warm = _wait_for_results(page, SECOND.name)
     _rendered_images(page, K + 1)
     scores = _result_scores(page)
     assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.999, scores
@@ -162,8 +162,9 @@ def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser fir
     page.screenshot(path=str(shot), full_page=True)
 
     # "More like this" on the first result makes it the query.
+    top = page.locator('[data-testid="stImage"]').nth(1).inner_text().split(" · ", 1)[1].strip()
     page.get_by_text("More like this").first.click()
-    third = _wait_for_results(page, warm)
+    third = _wait_for_results(page, top)
     _rendered_images(page, K + 1)
     scores = _result_scores(page)  # the clicked photo is the query now, so it is not among its results
     assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] < 0.999, scores
