@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from imgembed.baselines import pca_basis
-from imgembed.head import ProjectionHead, save_head
+from imgembed.head import HeadCfg, ProjectionHead, head_paths, save_head
 from imgembed.losses import ProxyAnchor, create_loss
 
 logger = logging.getLogger(__name__)
@@ -162,8 +162,6 @@ def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         mean, comps, _ = pca_basis(feats, cfg.dim, seed=cfg.seed)
-        from imgembed.head import HeadCfg
-
         head = ProjectionHead(HeadCfg(in_dim=feats.shape[1], out_dim=cfg.dim, hidden=cfg.hidden,
                                       backbone=backbone, backbone_fingerprint=backbone_fingerprint))
         with torch.no_grad():
@@ -222,6 +220,7 @@ def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
                 total, steps = total + float(loss.detach()), steps + 1
             val = validate()
             history.append({"epoch": epoch, "loss": total / max(steps, 1), "val": val})
+            logger.debug("epoch %d: loss %.4f, %s %.4f", epoch, history[-1]["loss"], "val", val)
             if val > best_val + cfg.min_delta:
                 best_val, best_state, best_epoch = val, _state(head), epoch
             if progress:
@@ -265,8 +264,6 @@ def plot_curve(result: TrainResult, path: str | Path, title: str = "") -> Path:
 
 def save_trained_head(path: str | Path, result: TrainResult, cfg: TrainCfg, source: str = "") -> tuple[Path, Path]:
     """Write the head (safetensors + JSON with config, summary and history) and its curve PNG."""
-    from imgembed.head import head_paths
-
     method = "supervised" if cfg.labels == "folders" else "self-supervised"
     weights = save_head(path, result.head, extra={
         "method": method, "train": asdict(cfg), "source": source, "result": result.summary(),
