@@ -284,7 +284,10 @@ def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg
     from imgembed.features import extract_features
 
     if labels == "folders":
-        paths, names = labelled_images(folder, reader_cfg)
+        try:
+            paths, names = labelled_images(folder, reader_cfg)
+        except ValueError as e:
+            raise ValueError(f"{e}; or train without labels: --labels none") from e
     else:
         root = Path(folder).resolve()
         if not root.is_dir():
