@@ -27,6 +27,9 @@ _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BIL
 class ImageSkipped(Exception):
     """The file is not a usable image. ``str(e)`` is one line: the reason (and the option)."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(str(reason).split())[:500])  # decoder messages may span lines
+
 
 class Decoded(NamedTuple):
     pixels: torch.Tensor  # uint8 (3, size, size)
@@ -91,8 +94,13 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
         Image.MAX_IMAGE_PIXELS = cfg.max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: the checks here decide
+            try:
+                im = Image.open(io.BytesIO(data))
+            except Image.DecompressionBombError:  # Pillow's own limit; say it in our terms
+                im = _by_plugin(data)
+                if not isinstance(im, Image.Image):
+                    raise
             w, h = im.size
             if w * h > cfg.max_pixels:
                 raise ImageSkipped(
@@ -110,6 +118,9 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
     except Image.DecompressionBombError as e:
         raise ImageSkipped(f"{e} (--max-pixels)") from e
     except Image.UnidentifiedImageError as e:
+        why = _by_plugin(data)
+        if isinstance(why, Exception):  # a known signature whose decoder refused the file
+            raise ImageSkipped(f"broken image: {why}") from e
         raise ImageSkipped("not an image (format not recognised)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct_error) as e:
         raise ImageSkipped(f"broken image: {e}") from e
@@ -117,6 +128,20 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
         raise ImageSkipped("broken image: decoding ran out of memory (--max-pixels)") from e
     except Exception as e:  # Pillow's plugins raise many types on hostile bytes; one file never stops a run
         raise ImageSkipped(f"broken image: {type(e).__name__}: {e}") from e
+
+
+def _by_plugin(data: bytes) -> Image.Image | Exception | None:
+    """Open ``data`` with the Pillow plugin whose signature it carries, without Pillow's generic
+    wrapping: the image (header read only), the plugin's own error, or None for no signature."""
+    Image.init()
+    for fmt, (factory, accept) in Image.OPEN.items():
+        try:
+            if accept is None or not accept(data[:16]):
+                continue
+            return factory(io.BytesIO(data), "")
+        except Exception as e:
+            return ValueError(f"{fmt}: {e}")
+    return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

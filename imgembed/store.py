@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -125,14 +125,14 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise StoreError(f"no index at {index_dir} (no {MANIFEST}); build one with: imgembed index FOLDER --index {index_dir}")
     try:
         m = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise StoreError(f"{path} is not valid JSON ({e}); rebuild the index") from e
     problems = []
     if not isinstance(m, dict):
         raise StoreError(f"{path}: expected a JSON object")
     if m.get("format_version") != FORMAT_VERSION:
         problems.append(f"format_version is {m.get('format_version')!r}, this imgembed reads {FORMAT_VERSION}")
-    if not isinstance(m.get("dim"), int) or not 0 < m["dim"] <= 65536:
+    if type(m.get("dim")) is not int or not 0 < m["dim"] <= 65536:
         problems.append(f"dim must be a positive integer, got {m.get('dim')!r}")
     if not isinstance(m.get("backbone"), str) or not m.get("backbone"):
         problems.append("backbone must be a non-empty string")
@@ -140,8 +140,19 @@ def read_manifest(index_dir: str | Path) -> dict:
         problems.append(f"metric must be 'cosine', got {m.get('metric')!r}")
     if not isinstance(m.get("preprocess"), dict):
         problems.append("preprocess must be an object")
-    if not isinstance(m.get("index_cfg", {}), dict):
+    cfg = m.get("index_cfg", {})
+    if not isinstance(cfg, dict):
         problems.append("index_cfg must be an object")
+    else:
+        known = {f.name: type(f.default) for f in fields(IndexCfg)}
+        bad = [k for k, v in cfg.items() if k not in known or type(v) is not known[k]]
+        if bad:
+            problems.append(f"index_cfg has unknown or mistyped keys: {', '.join(map(str, bad))}")
+    if m.get("head") not in (None, "head.safetensors"):
+        # The head is loaded from the index folder only; a manifest never names another path.
+        problems.append(f"head must be null or 'head.safetensors', got {m.get('head')!r}")
+    if not isinstance(m.get("head_fingerprint"), (str, type(None))):
+        problems.append("head_fingerprint must be a string or null")
     if problems:
         raise StoreError(f"{path} is not a valid imgembed manifest: " + "; ".join(problems))
     return m
@@ -502,7 +513,8 @@ class StoreWriter:
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
-            if len(removed):
+            if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
+                # Also entries added and dropped within this generation (by an interrupted run).
                 self.con.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
         old_path.unlink(missing_ok=True)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild))

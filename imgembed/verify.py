@@ -9,7 +9,7 @@ they are expected after a crash and the next ``index`` run uses or removes them.
 Repair takes the write lock and publishes a new generation whose FAISS file is rebuilt from the
 vectors stored in SQLite. Rows that have no usable vector are dropped (the next ``index`` run embeds
 those files again); rows of vanished files are dropped only when asked (``drop_missing``), since a
-folder on an unplugged drive looks vanished too.
+folder on an unplugged drive looks vanished too; vanished files are a warning, not a failure.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from imgembed.store import DB, StoreError, StoreWriter, faiss_name
 
 logger = logging.getLogger(__name__)
 
-ERROR, MISSING, NOTE = "error", "missing", "note"
+ERROR, MISSING, NOTE = "error", "warning", "note"
 _SHOW = 5  # paths listed per finding
 
 
 @dataclass
 class Finding:
-    level: str  # ERROR: the index is inconsistent; MISSING: recorded files are gone; NOTE: harmless
+    level: str  # ERROR: the index is inconsistent; MISSING: recorded files are gone; NOTE: expected state
     what: str
     repairable: bool = False
 
@@ -51,7 +51,9 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not any(f.level in (ERROR, MISSING) for f in self.findings)
+        """The index is consistent. Files deleted since the last run are a warning, not a failure:
+        the next index run drops them (and a folder on an unplugged drive looks the same)."""
+        return not any(f.level == ERROR for f in self.findings)
 
     def lines(self) -> list[str]:
         out = [f"index {self.index}: generation {self.generation}, {self.faiss_count} vectors, {self.rows} entries"]
@@ -110,12 +112,19 @@ def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyRep
                          "(SELECT 1 FROM vectors v WHERE v.hash = f.hash)").fetchone()[0]
     if no_vec:
         rep.findings.append(Finding(ERROR, f"{no_vec} entries have no stored vector", True))
-    bad_vec = con.execute("SELECT count(*) FROM vectors WHERE length(vec) != ?", (4 * dim,)).fetchone()[0]
+    bad_vec, n_vec = con.execute("SELECT sum(length(vec) != ?), count(*) FROM vectors", (4 * dim,)).fetchone()
     if bad_vec:
-        rep.findings.append(Finding(ERROR, f"{bad_vec} stored vectors are not {dim}-d", True))
+        # When none fits, the manifest's dim is what is wrong: deleting every vector repairs nothing.
+        rep.findings.append(Finding(ERROR, f"{bad_vec} of {n_vec} stored vectors are not {dim}-d"
+                                           + ("" if bad_vec < n_vec else " (was the manifest edited?)"),
+                                    bad_vec < n_vec))
 
     _check_faiss(con, index_dir, dim, gen, ids, rep)
 
+    orphans = con.execute("SELECT count(*) FROM vectors WHERE hash NOT IN "
+                          f"(SELECT hash FROM files WHERE {live})").fetchone()[0]
+    if orphans:
+        rep.findings.append(Finding(NOTE, f"{orphans} stored vectors belong to no entry; --repair deletes them"))
     pending = con.execute(f"SELECT count(*) FROM files WHERE added_gen > {gen} AND removed_gen IS NULL").fetchone()[0]
     if pending:
         rep.findings.append(Finding(NOTE, f"{pending} entries committed by an unfinished run are not published "
@@ -146,7 +155,8 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
         return
     rep.faiss_count = int(index.ntotal)
     if index.d != dim:
-        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.d}-d vectors, the manifest says {dim}", True))
+        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.d}-d vectors but the manifest says {dim}; "
+                                           "rebuild the index"))
         return
     if index.ntotal != len(ids):
         rep.findings.append(Finding(ERROR, f"{path.name} holds {index.ntotal} vectors but {len(ids)} entries "
