@@ -64,6 +64,7 @@ def _wait_for_lock(proc: subprocess.Popen, ix: Path, timeout: float = 120.0) -> 
     raise AssertionError("the index run never took the write lock")
 
 
+@pytest.mark.crash
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     rng = random.Random(1234)
     folder, ix = tmp_path / "photos", tmp_path / "ix"
