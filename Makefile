@@ -9,6 +9,8 @@ DEMO_QUERY := assets/photos/hat/2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg
 
 venv: $(VENV)/.installed
 
+# A fresh checkout's pyproject.toml is newer than the stamp, so the editable install is
+# re-pointed at it even when the venv is reused (CI keeps one between runs).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from imgembed import vector_index
 from imgembed.atomic import atomic_write_json, fsync_dir
-from imgembed.config import IndexCfg
+from imgembed.config import IndexCfg, from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +283,11 @@ class StoreWriter:
                 self._cleanup()
             if not exists:
                 self.manifest = self._create(identity, index_cfg, list(head_files))
-            self.index_cfg = IndexCfg(**{**self.manifest.get("index_cfg", {}),
-                                         **({"index_type": index_cfg.index_type} if index_cfg.index_type != "auto" else {})})
+            self.index_cfg = from_dict(IndexCfg, self.manifest.get("index_cfg", {}))
+            if index_cfg.index_type != "auto" and index_cfg.index_type != self.index_cfg.index_type:
+                self.index_cfg.index_type = index_cfg.index_type  # an explicit choice sticks
+                self.manifest["index_cfg"] = asdict(self.index_cfg)
+                self._write_manifest(self.manifest)
             self.dim = int(self.manifest["dim"])
         except BaseException:
             self.close()
@@ -315,8 +318,6 @@ class StoreWriter:
         return fd
 
     def _create(self, identity: dict, index_cfg: IndexCfg, head_files: list[Path]) -> dict:
-        from dataclasses import asdict
-
         try:
             for src in head_files:
                 shutil.copyfile(src, self.dir / ("head" + src.suffix))
@@ -330,11 +331,14 @@ class StoreWriter:
             "head": "head.safetensors" if head_files else None,
             **{k: identity[k] for k in IDENTITY_KEYS},
         }
+        self._write_manifest(manifest)
+        return manifest
+
+    def _write_manifest(self, manifest: dict) -> None:
         try:
             atomic_write_json(self.dir / MANIFEST, manifest)
         except OSError as e:
             raise StoreError(f"cannot write {self.dir / MANIFEST}: {e.strerror}") from e
-        return manifest
 
     def _cleanup(self) -> None:
         """Forget what an interrupted earlier writer left unpublished beyond committed vectors."""

@@ -201,3 +201,14 @@ def test_hostile_manifest_is_a_clear_error(photos, tmp_path):
 def test_missing_index_says_how_to_build(tmp_path):
     with pytest.raises(StoreError, match="imgembed index FOLDER"):
         Searcher(tmp_path / "nothing")
+
+
+def test_explicit_index_type_sticks(photos, tmp_path):
+    ix = tmp_path / "ix"
+    c = cfg()
+    c.index = IndexCfg(index_type="hnsw")
+    index_folder(photos, ix, c)
+    write_photos(photos, 1, start=77)
+    s = index_folder(photos, ix, cfg())  # auto on a later run keeps the chosen type
+    assert s.publish.index_type == "hnsw"
+    assert Searcher(ix).snapshot.index_type == "hnsw"
