@@ -138,7 +138,9 @@ def _by_plugin(data: bytes) -> Image.Image | Exception | None:
         try:
             if accept is None or not accept(data[:16]):
                 continue
-            return factory(io.BytesIO(data), "")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return factory(io.BytesIO(data), "")
         except Exception as e:
             return ValueError(f"{fmt}: {e}")
     return None
@@ -199,9 +201,11 @@ def _tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
 def _original_size(data: bytes, upright: Image.Image) -> tuple[int, int]:
     """Width and height of the photo as shown (after EXIF rotation, before any draft scaling)."""
     try:
-        with Image.open(io.BytesIO(data)) as raw:
-            w, h = raw.size
-            orientation = raw.getexif().get(0x0112, 1) if hasattr(raw, "getexif") else 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as raw:
+                w, h = raw.size
+                orientation = raw.getexif().get(0x0112, 1) if hasattr(raw, "getexif") else 1
     except Exception:  # the image decoded once already; its metadata is only used for display sizes
         return upright.size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
