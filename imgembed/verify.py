@@ -65,9 +65,21 @@ class VerifyReport:
         return out
 
 
+class _Moved(Exception):
+    """A writer published a newer generation (and removed the old file) while we checked."""
+
+
 def verify(index_dir: str | Path, check_files: bool = True) -> VerifyReport:
-    """Check the index at ``index_dir``; never changes it."""
-    index_dir = Path(index_dir)
+    """Check the index at ``index_dir``; never changes it. Safe while a writer runs."""
+    for _ in range(5):
+        try:
+            return _verify(Path(index_dir), check_files)
+        except _Moved:
+            continue
+    return _verify(Path(index_dir), check_files)
+
+
+def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
     rep = VerifyReport(str(index_dir))
     try:
         manifest = store.read_manifest(index_dir)
@@ -146,11 +158,13 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
         return
     path = index_dir / faiss_name(gen)
     if not path.is_file():
+        _raise_if_moved(index_dir, gen)
         rep.findings.append(Finding(ERROR, f"{path.name}, the published vectors, is missing", True))
         return
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as e:
+        _raise_if_moved(index_dir, gen)
         rep.findings.append(Finding(ERROR, f"{path.name} cannot be read ({str(e).splitlines()[0]})", True))
         return
     rep.faiss_count = int(index.ntotal)
@@ -182,6 +196,15 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
     if kind != actual:
         rep.findings.append(Finding(NOTE, f"metadata says index type {kind!r}, {path.name} is {actual!r}; "
                                           "the next publish rebuilds it"))
+
+
+def _raise_if_moved(index_dir: Path, gen: int) -> None:
+    con = store._connect(index_dir, readonly=True)
+    try:
+        if int(store._meta(con, "generation") or 0) != gen:
+            raise _Moved
+    finally:
+        con.close()
 
 
 def _check_files(con: sqlite3.Connection, visible: str, rep: VerifyReport) -> None:

@@ -590,7 +590,8 @@ print("done", flush=True)
 
 def test_readers_see_one_generation_during_writes(photos, tmp_path):
     """A reader looping searches while another process indexes, adds, removes and rebuilds:
-    every read sees a FAISS index and metadata rows of one generation, never a mix."""
+    every read sees a FAISS index and metadata rows of one generation, never a mix; verify run
+    meanwhile passes."""
     ix = tmp_path / "ix"
     index_folder(photos, ix, cfg())
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(photos), str(ix), str(REPO / "tests")],
@@ -598,7 +599,7 @@ def test_readers_see_one_generation_during_writes(photos, tmp_path):
     s = Searcher(ix)
     query = s.snapshot.vectors([next(s.snapshot.iter_rows()).id])
     q = next(iter(query.values()))[None]
-    seen, reads = set(), 0
+    seen, reads, verified = set(), 0, 0
     try:
         while writer.poll() is None:
             with s.snapshot.read():
@@ -610,11 +611,16 @@ def test_readers_see_one_generation_during_writes(photos, tmp_path):
                 assert len(hits) == 5 and all(h.row.id in set(visible.tolist()) for h in hits)
                 seen.add(snap.generation)
             reads += 1
+            if reads % 10 == 0:  # verify, too, is safe while a writer runs
+                report = verify(ix, check_files=False)
+                assert report.ok, report.lines()
+                verified += 1
             time.sleep(0.02)  # leave the (shared) cores to the writer
     finally:
         out, err = writer.communicate(timeout=300)
     assert writer.returncode == 0 and "done" in out, err
     assert len(seen) >= 3, f"the reader saw only generations {seen} in {reads} reads"
+    assert verified >= 1
     assert verify(ix).ok
 
 
