@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_INDEX ?= demo-index
 DEMO_QUERY := assets/photos/hat/2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg
 
-.PHONY: demo test venv app clean
+.PHONY: demo test venv app clean browser
 
 venv: $(VENV)/.installed
 
@@ -21,8 +21,17 @@ demo: venv
 	$(BIN)/imgembed search $(DEMO_QUERY) --index $(DEMO_INDEX) -k 5
 	IMGEMBED_INDEX=$(DEMO_INDEX) $(BIN)/streamlit run app.py
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The browser test drives Debian's Chromium through Playwright (Playwright's own browser download
+# cannot work offline). Install it when missing: as root (CI), or through sudo.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "make: /usr/bin/chromium is missing and this user cannot install it: the browser test will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	fi
 
 clean:
 	rm -rf $(DEMO_INDEX) build *.egg-info

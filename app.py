@@ -1,46 +1,424 @@
-"""Streamlit front end: ``streamlit run app.py``. Thin: it calls the library and renders."""
+"""Streamlit front end: ``streamlit run app.py``. Thin: it calls the library and renders.
+
+Three views over one index: search (upload, pick a photo, text with CLIP, "more like this"),
+duplicates (groups of near-identical photos) and collection (what the index holds, a 2-D map).
+The app only reads files recorded in the index, looked up by id, and shows their names escaped.
+It never deletes anything.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import time
+from pathlib import Path
 
+import numpy as np
 import streamlit as st
+import torch
+from PIL import Image
 
-from imgembed.reader import ImageSkipped
-from imgembed.search import Searcher
-from imgembed.store import StoreError
+from imgembed.backbones import BackboneError
+from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
+from imgembed import vector_index
+from imgembed.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph, neighbour_graph_chunked
+from imgembed.head import HeadError
+from imgembed.indexer import index_folder
+from imgembed.projection import grid_shape, pca_2d, snap_to_grid
+from imgembed.reader import ImageSkipped, open_image
+from imgembed.search import Hit, Searcher
+from imgembed.store import Row, StoreError
+from imgembed.thumbnails import contact_map, fit, jpeg_bytes, thumbnail
 
-st.set_page_config(page_title="imgembed", layout="wide")
-INDEX = os.environ.get("IMGEMBED_INDEX", "demo-index")
+MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+GRID_COLS = 5
+THUMB_PX = 256
+MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collections)
+MAP_CELL = 64
+PICK_MAX = 5000  # photos offered in the "pick from the index" list
+MAX_GROUPS = 60  # duplicate groups drawn at once
+EXACT_DUPLICATES_MAX = 50_000  # above this, duplicates are found through the index's own search
+OPEN_ERRORS = (StoreError, BackboneError, HeadError, ValueError, OSError)
+
+st.set_page_config(page_title="imgembed: similar photos", page_icon="🔎", layout="wide")
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
 
-@st.cache_resource
+def md(text: str) -> str:
+    """``text`` escaped for Streamlit Markdown: shown literally, never as markup."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+
+
+def shown_name(row: Row) -> str:
+    return row.relpath.decode("utf-8", "replace")
+
+
+def default_index() -> str:
+    env = os.environ.get("IMGEMBED_INDEX")
+    return env if env else str(Path(__file__).resolve().parent / "demo-index")
+
+
+# ---------------------------------------------------------------- cached resources and data
+
+
+@st.cache_resource(show_spinner="Loading the index and its model…")
 def load_searcher(index_dir: str) -> Searcher:
+    """One Searcher (index + model) per index folder per process."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        # One photo gains little from many threads, and when the cores are busy (other sessions,
+        # other programs) spinning threads starve each other: 2 threads took 1.4 s a query on a
+        # loaded 2-core machine where 1 took 0.11 s. Half the cores, at most 4, stays fast on both.
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     s = Searcher(index_dir)
-    _ = s.embedder  # load the model once per process
+    pre = s.embedder.preprocess  # load the model now, and fail here if it does not match the index
+    s.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))  # warm up: the first call is slow
     return s
 
 
-st.title("imgembed: find similar photos")
-try:
-    searcher = load_searcher(INDEX)
-except StoreError as e:
-    st.error(str(e))
-    st.info("Build an index first: `imgembed index FOLDER --index DIR`, then `IMGEMBED_INDEX=DIR streamlit run app.py`.")
-    st.stop()
+@st.cache_data(max_entries=8192, show_spinner=False)
+def thumb_jpeg(path: bytes, mtime_ns: int, size: int, square: bool = True) -> tuple[bytes | None, str]:
+    """``(jpeg, "")`` preview of an indexed file, or ``(None, reason)``. Keyed by path and mtime."""
+    try:
+        return jpeg_bytes(thumbnail(path, size, ReaderCfg(), square)), ""
+    except ImageSkipped as e:
+        return None, str(e)
 
-k = st.slider("results", 1, 50, 12)
-upload = st.file_uploader("Upload a photo", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"])
-if upload is not None:
+
+@st.cache_data(max_entries=4, show_spinner="Finding each photo's nearest neighbours…")
+def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> NeighbourGraph:
+    ids = all_ids(_searcher)
+    if len(ids) <= EXACT_DUPLICATES_MAX:
+        return neighbour_graph(*vectors_of(_searcher, ids), k=8)
+    index = _searcher.snapshot.index  # large collections: ask the index itself, chunk by chunk
+    chunks = (vectors_of(_searcher, part) for part in np.array_split(ids, len(ids) // 10_000 + 1))
+    return neighbour_graph_chunked(chunks, lambda q, k: vector_index.search(index, q, k), k=8)
+
+
+@st.cache_data(max_entries=4, show_spinner="Drawing the map…")
+def collection_map(index_dir: str, generation: int, _searcher: Searcher) -> tuple[bytes | None, int]:
+    """A JPEG of up to MAP_MAX thumbnails placed by a PCA of their embeddings, and how many."""
+    ids = all_ids(_searcher)
+    if len(ids) == 0:
+        return None, 0
+    if len(ids) > MAP_MAX:
+        ids = np.sort(np.random.default_rng(0).choice(ids, MAP_MAX, replace=False))
+    ids, vecs = vectors_of(_searcher, ids)
+    cols, rows = grid_shape(len(ids))
+    cells = snap_to_grid(pca_2d(vecs), cols, rows)
+    by_id = _searcher.snapshot.rows(ids.tolist())
+    tiles = []
+    for i in ids.tolist():
+        row = by_id.get(i)
+        im = None
+        if row is not None:
+            try:
+                im = thumbnail(row.path, MAP_CELL, ReaderCfg())
+            except ImageSkipped:
+                pass
+        tiles.append(im if im is not None else Image.new("RGB", (MAP_CELL, MAP_CELL), (210, 210, 210)))
+    canvas = contact_map(tiles, [tuple(c) for c in cells.tolist()], cols, rows, MAP_CELL)
+    return jpeg_bytes(canvas, quality=80), len(ids)
+
+
+def all_ids(searcher: Searcher) -> np.ndarray:
+    """File ids of every photo in the open generation, ascending."""
+    return np.fromiter((r.id for r in searcher.snapshot.iter_rows()), dtype=np.int64)
+
+
+def vectors_of(searcher: Searcher, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""
+    found = searcher.snapshot.vectors(ids.tolist())
+    ids = np.array([i for i in ids.tolist() if i in found], dtype=np.int64)
+    dim = searcher.snapshot.manifest["dim"]
+    return ids, np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.zeros((0, dim), np.float32)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def pick_list(index_dir: str, generation: int, _searcher: Searcher) -> dict[int, str]:
+    out = {}
+    for row in _searcher.snapshot.iter_rows():
+        out[row.id] = shown_name(row)
+        if len(out) >= PICK_MAX:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def show_photo(row: Row, caption: str, size: int = THUMB_PX, square: bool = True) -> None:
+    data, why = thumb_jpeg(row.path, row.mtime_ns, size, square)
+    if data is None:
+        st.warning(f"No preview of {md(shown_name(row))}: {md(why)}")
+        st.caption(caption)
+    else:
+        st.image(data, caption=caption, width="stretch")
+
+
+def set_query(query: dict | None) -> None:
+    st.session_state["query"] = query
+
+
+def on_pick() -> None:
+    if st.session_state.get("pick") is not None:
+        set_query({"kind": "id", "id": int(st.session_state["pick"])})
+
+
+def on_text() -> None:
+    text = (st.session_state.get("text_query") or "").strip()
+    set_query({"kind": "text", "text": text} if text else None)
+
+
+def current_query(upload) -> dict | None:
+    """The query to answer: the newest of an upload, a picked photo, a text or a "more like this"."""
+    ss = st.session_state
+    if upload is not None and ss.get("seen_upload") != upload.file_id:
+        ss["seen_upload"] = upload.file_id
+        set_query({"kind": "upload"})
+    elif upload is None and (ss.get("query") or {}).get("kind") == "upload":
+        ss.pop("seen_upload", None)
+        set_query(None)
+    return ss.get("query")
+
+
+def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
+    """Index a folder typed into the page, with a progress bar and the CLI's summary."""
+    with st.form(f"build-{key}"):
+        folder = st.text_input("Folder of photos to index", key=f"{key}-folder",
+                               placeholder="/home/me/Pictures")
+        index_dir = st.text_input("Index folder", value=target, key=f"{key}-index")
+        backbone = st.text_input(
+            "Backbone", value=backbone, key=f"{key}-backbone",
+            help="efficientnet-lite0 works offline; open_clip:ARCH:WEIGHTS adds text search")
+        go = st.form_submit_button("Index this folder", type="primary")
+    if not go:
+        return
+    if not folder.strip():
+        st.error("Type the path of a folder of photos first.")
+        return
+    bar = st.progress(0.0, text="Loading the model and scanning the folder…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        verb = "Checking known files" if stage == "hash" else "Embedding photos"
+        bar.progress(done / max(total, 1), text=f"{verb}: {done} / {total}")
+
+    cfg = IndexJobCfg(backbone=BackboneCfg(name=backbone.strip()), embed=EmbedCfg(workers=0))
+    try:
+        summary = index_folder(folder.strip(), index_dir.strip(), cfg, progress=progress)
+    except (*OPEN_ERRORS, NotADirectoryError) as e:
+        bar.empty()
+        st.error(f"Could not index that folder: {md(str(e))}")
+        return
+    bar.progress(1.0, text="Done")
+    st.session_state["built"] = {"lines": summary.lines(), "skipped": summary.skipped}
+    st.session_state["index_dir"] = index_dir.strip()
+    st.rerun()
+
+
+def build_report() -> None:
+    built = st.session_state.pop("built", None)
+    if not built:
+        return
+    st.success("  \n".join(md(line) for line in built["lines"]))
+    if built["skipped"]:
+        with st.expander(f"{len(built['skipped'])} files skipped"):
+            for path, reason in built["skipped"][:500]:
+                st.markdown(f"- {md(path)}: {md(reason)}")
+
+
+def no_index_page(index_dir: str, problem: str) -> None:
+    st.title("imgembed: find similar photos")
+    st.error(f"Cannot open the index at {md(index_dir)}: {md(problem)}")
+    st.markdown(
+        "An index holds the embeddings of a folder of photos. Build one here, or on the command line "
+        "and point the app at it:\n\n"
+        "```\nimgembed index ~/Pictures --index my-index\nIMGEMBED_INDEX=my-index streamlit run app.py\n```\n"
+        "(`make demo` builds the demo index from `assets/photos`.)")
+    build_form(index_dir, "first")
+
+
+# ---------------------------------------------------------------- views
+
+
+def search_view(searcher: Searcher) -> None:
+    backbone = searcher.snapshot.manifest["backbone"]
+    has_text = searcher.embedder.has_text
+    top = st.columns([3, 2], gap="large")
+    with top[0]:
+        upload = st.file_uploader(f"Upload a photo (up to {MAX_UPLOAD_MB} MB)", type=UPLOAD_TYPES, key="upload")
+    with top[1]:
+        k = st.slider("Number of results (k)", 1, 50, 10, key="k")
+        min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
+                              help="cosine similarity; 1.0 is the same photo, 0 shows every result")
+    left, right = st.columns(2, gap="large")
+    with left:
+        names = pick_list(str(searcher.dir), searcher.snapshot.generation, searcher)
+        st.selectbox("…or pick a photo from the index", list(names), index=None, key="pick",
+                     format_func=lambda i: names.get(i, str(i)), on_change=on_pick,
+                     placeholder=f"choose one of {len(names)} photos")
+    with right:
+        if has_text:
+            st.text_input("…or describe a photo", key="text_query", on_change=on_text,
+                          placeholder="a red dress")
+        else:
+            st.text_input("…or describe a photo", key="text_query", disabled=True,
+                          placeholder="text search is unavailable for this index")
+            st.caption(f"Text search needs a backbone with a text tower (CLIP). This index was built with "
+                       f"**{md(backbone)}**, which only embeds images. Index with "
+                       "`--backbone open_clip:ViT-B-32:laion2b_s34b_b79k` to search by words.")
+
+    query = current_query(upload)
+    if query is None:
+        st.info("Upload a photo, pick one from the index, or type a description to see the most similar photos.")
+        return
+    st.divider()
     t0 = time.perf_counter()
     try:
-        hits = searcher.search_image_bytes(upload.getvalue(), k)
+        if query["kind"] == "upload":
+            data = upload.getvalue()
+            if len(data) > MAX_UPLOAD_MB * 2**20:
+                raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB upload limit")
+            hits = searcher.search_image_bytes(data, k)
+        elif query["kind"] == "id":
+            hits = searcher.search_id(query["id"], k)
+        else:
+            hits = searcher.search_text(query["text"], k)
     except ImageSkipped as e:
-        st.error(f"That file cannot be used: {e}")
-        st.stop()
-    st.caption(f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms")
-    cols = st.columns(4)
-    for i, h in enumerate(hits):
-        with cols[i % 4]:
-            st.image(h.row.path.decode("utf-8", "replace"), caption=f"{h.score:.3f}")
+        st.error(f"**{md(upload.name)}** cannot be used as a query: {md(str(e))}. Try another photo.")
+        return
+    except StoreError as e:  # the picked photo left the index since
+        st.warning(md(str(e)))
+        set_query(None)
+        return
+    ms = 1000 * (time.perf_counter() - t0)
+    shown = [h for h in hits if h.score >= min_score] if min_score > 0 else hits
+
+    qcol, rcol = st.columns([1, 5], gap="medium")
+    with qcol:
+        st.markdown("**Query**")
+        show_query(searcher, query, upload)
+    with rcol:
+        st.markdown(f"**{len(shown)} most similar photos** · query answered in **{ms:.0f} ms**"
+                    + (f" · {len(hits) - len(shown)} below {min_score:.2f} hidden" if len(shown) < len(hits) else ""))
+        result_grid(shown)
+
+
+def show_query(searcher: Searcher, query: dict, upload) -> None:
+    if query["kind"] == "upload":
+        try:
+            im = fit(open_image(upload.getvalue(), ReaderCfg(), draft_to=THUMB_PX), THUMB_PX)
+            st.image(jpeg_bytes(im), caption=md(upload.name), width="stretch")
+        except ImageSkipped:
+            st.caption(md(upload.name))
+    elif query["kind"] == "id":
+        row = searcher.snapshot.rows([query["id"]]).get(query["id"])
+        if row is not None:
+            show_photo(row, md(shown_name(row)))
+    else:
+        st.markdown(f"“{md(query['text'])}”")
+
+
+def result_grid(hits: list[Hit]) -> None:
+    if not hits:
+        st.info("No photo reaches the minimum score; lower it to see more.")
+        return
+    for start in range(0, len(hits), GRID_COLS):
+        cols = st.columns(GRID_COLS)
+        for col, h in zip(cols, hits[start:start + GRID_COLS]):
+            with col:
+                show_photo(h.row, f"**{h.score:.3f}** · {md(shown_name(h.row))}")
+                st.button("More like this", key=f"more-{h.id}", on_click=set_query,
+                          args=({"kind": "id", "id": h.id},), width="stretch")
+
+
+def duplicates_view(searcher: Searcher) -> None:
+    threshold = st.slider("Similarity threshold", 0.5, 1.0, 0.95, 0.005, key="dup_threshold", format="%.3f",
+                          help="photos at least this similar (cosine) are grouped; 1.0 means identical")
+    graph = neighbours(str(searcher.dir), searcher.snapshot.generation, searcher)
+    groups = duplicate_groups(graph, threshold)
+    n_photos = sum(len(g.ids) for g in groups)
+    st.caption(f"{len(groups)} groups holding {n_photos} photos at similarity ≥ {threshold:.3f}. "
+               "The app never deletes anything: use the paths and sizes below to choose what to keep.")
+    if not groups:
+        st.info("No near-duplicates at this threshold. Lower it to see looser matches.")
+        return
+    for n, g in enumerate(groups[:MAX_GROUPS], 1):
+        rows = searcher.snapshot.rows(g.ids)
+        members = [rows[i] for i in g.ids if i in rows]
+        if len(members) < 2:
+            continue
+        size_of = {r.id: (r.width * r.height, r.size) for r in members}
+        best = max(size_of.values())
+        keeper = [i for i, v in size_of.items() if v == best]  # marked only when one stands out
+        keeper = keeper[0] if len(keeper) == 1 else None
+        with st.container(border=True):
+            st.markdown(f"**Group {n}** · {len(members)} photos · similarity ≥ {g.score:.3f}")
+            cols = st.columns(max(len(members), 4))
+            for col, row in zip(cols, members):
+                with col:
+                    badge = " · **largest**" if row.id == keeper else ""
+                    show_photo(row, f"{md(shown_name(row))}  \n{row.width}×{row.height} px · "
+                               f"{row.size / 1024:.0f} KB{badge}", size=200)
+    if len(groups) > MAX_GROUPS:
+        st.caption(f"…and {len(groups) - MAX_GROUPS} more groups; raise the threshold to narrow them down.")
+
+
+def collection_view(searcher: Searcher) -> None:
+    info = searcher.info()
+    cols = st.columns([1, 3, 1, 1, 1, 1])
+    cols[0].metric("Photos", f"{info.count:,}")
+    cols[1].metric("Backbone", info.backbone)
+    cols[2].metric("Dimensions", info.dim)
+    cols[3].metric("Index type", info.index_type or "empty")
+    cols[4].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
+    cols[5].metric("Generation", info.generation)
+    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · metric {info.metric} · "
+               f"index folder {md(info.path)}")
+    st.subheader("Map of the collection")
+    data, n = collection_map(str(searcher.dir), searcher.snapshot.generation, searcher)
+    if data is None:
+        st.info("The index is empty.")
+        return
+    sample = f"a random sample of {n} of the {info.count} photos" if n < info.count else f"all {n} photos"
+    st.caption(f"{sample.capitalize()}, placed by the two main directions (PCA) of their embeddings and "
+               "snapped to a grid: similar photos sit together.")
+    st.image(data, width="stretch")
+
+
+# ---------------------------------------------------------------- page
+
+
+def main() -> None:
+    index_dir = st.session_state.get("index_dir") or default_index()
+    try:
+        searcher = load_searcher(index_dir)
+    except OPEN_ERRORS as e:
+        no_index_page(index_dir, str(e))
+        return
+    info = searcher.info()
+    st.title("imgembed: find similar photos")
+    st.caption(f"{info.count:,} photos · {md(info.backbone)} · {info.dim}-d · index {md(info.path)}")
+    build_report()
+    with st.sidebar:
+        st.header("Index")
+        st.markdown(f"**{info.count:,}** photos  \nbackbone **{md(info.backbone)}**  \n"
+                    f"{info.dim}-d · {info.index_type or 'empty'} · {info.disk_bytes / 2**20:.1f} MiB")
+        with st.expander("Index another folder"):
+            st.caption("New photos are added to the index; unchanged ones are skipped.")
+            build_form(index_dir, "more", info.backbone)
+    if info.count == 0:
+        st.warning("This index is empty. Index a folder of photos (sidebar) to start.")
+        return
+    view = st.radio("View", ["Search", "Duplicates", "Collection"], horizontal=True, key="view",
+                    label_visibility="collapsed")
+    if view == "Search":
+        search_view(searcher)
+    elif view == "Duplicates":
+        duplicates_view(searcher)
+    else:
+        collection_view(searcher)
+
+
+main()

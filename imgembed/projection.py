@@ -1,0 +1,73 @@
+"""A 2-D map of a collection: PCA of the embeddings, optionally snapped onto a grid of cells.
+
+PCA keeps the two directions along which the vectors vary most, so photos that are close in the
+embedding space land close on the map (the converse need not hold). :func:`snap_to_grid` then
+moves each point to a free cell of a ``cols x rows`` grid, nearest first, so thumbnails can be
+drawn without overlapping while neighbours stay neighbours. Pure numpy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    """``(n, dim) -> (n, 2)`` coordinates on the first two principal axes (deterministic signs)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected vectors of shape (n, dim), got {x.shape}")
+    out = np.zeros((len(x), 2))
+    if len(x) < 2:
+        return out
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)  # rows of vt: principal axes, by variance
+    axes = vt[:2]
+    # An axis and its negation are equally valid: pick the one whose largest loading is positive.
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    coords = x @ (axes * signs[:, None]).T
+    out[:, :coords.shape[1]] = coords
+    return out
+
+
+def grid_shape(n: int, aspect: float = 1.6) -> tuple[int, int]:
+    """``(cols, rows)`` of a grid about ``aspect`` times wider than tall, with some free cells."""
+    if n <= 0:
+        return 0, 0
+    cells = n * 1.3
+    rows = max(1, round(math.sqrt(cells / aspect)))
+    cols = max(1, math.ceil(cells / rows))
+    while cols * rows < n:
+        cols += 1
+    return cols, rows
+
+
+def snap_to_grid(coords: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """Move each of ``coords (n, 2)`` to its own cell of a ``cols x rows`` grid: ``(n, 2)`` int (col, row).
+
+    Points are scaled onto the grid; then, those nearest to a cell centre first, each takes the
+    free cell closest to where it would ideally sit. Raises ValueError when the points do not fit.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    n = len(coords)
+    if n > cols * rows:
+        raise ValueError(f"{n} points do not fit in a {cols}x{rows} grid")
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    ideal = (coords - lo) / span * np.array([cols - 1, rows - 1])  # (n, 2) in cell units
+    cc, rr = np.meshgrid(np.arange(cols), np.arange(rows), indexing="xy")
+    cells = np.stack([cc.ravel(), rr.ravel()], axis=1).astype(np.float64)  # (cols*rows, 2)
+    free = np.ones(len(cells), dtype=bool)
+    out = np.zeros((n, 2), dtype=np.int64)
+    # Points nearest to a cell centre first: they have the clearest claim to it.
+    order = np.argsort(np.abs(ideal - np.round(ideal)).sum(axis=1), kind="stable")
+    for i in order:
+        d = ((cells - ideal[i]) ** 2).sum(axis=1)
+        d[~free] = np.inf
+        j = int(d.argmin())
+        free[j] = False
+        out[i] = cells[j]
+    return out
