@@ -63,9 +63,10 @@ class Embedder:
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
 
     @classmethod
-    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: bool = False) -> "Embedder":
+    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: bool | None = None) -> "Embedder":
         head = load_head(head_path) if head_path else None
-        return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision, compile=compile)
+        return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision,
+                   compile=cfg.compile if compile is None else compile)
 
     @property
     def dim(self) -> int:

@@ -9,7 +9,6 @@ workers on the CPU as usual. Either way the batch keeps the order of the items.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -70,14 +69,37 @@ def _collate(samples: list[_Sample]) -> Batch:
                  [(s.key, s.error) for s in samples if s.error is not None])
 
 
-def _collate_raw(samples: list[_Sample]) -> list[_Sample]:
-    return samples  # GPU path: the main process decodes the pending JPEGs
+class _RawBatch(NamedTuple):
+    samples: list[_Sample]  # Pending items carry (start, end) into ``blob`` instead of bytes
+    blob: torch.Tensor  # uint8: the JPEG bytes of the batch, end to end
+
+
+def _collate_raw(samples: list[_Sample]) -> _RawBatch:
+    """GPU path: the main process decodes the pending JPEGs. Their bytes travel as one tensor
+    (one shared-memory block per batch rather than one per photo)."""
+    datas, out, at = [], [], 0
+    for s in samples:
+        if isinstance(s.item, gpu_decode.Pending):
+            n = s.item.data.numel()
+            datas.append(s.item.data)
+            s = s._replace(item=s.item._replace(data=(at, at + n)))
+            at += n
+        out.append(s)
+    return _RawBatch(out, torch.cat(datas) if datas else torch.empty(0, dtype=torch.uint8))
+
+
+def _unpack(raw: _RawBatch) -> list[_Sample]:
+    out = []
+    for s in raw.samples:
+        if isinstance(s.item, gpu_decode.Pending):
+            start, end = s.item.data
+            s = s._replace(item=s.item._replace(data=raw.blob[start:end]))
+        out.append(s)
+    return out
 
 
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding is PIL work; leave the cores' BLAS threads to the model
-    if os.environ.get("IMGEMBED_WORKER_NICE"):
-        os.nice(int(os.environ["IMGEMBED_WORKER_NICE"]))
 
 
 def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
@@ -99,7 +121,8 @@ def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: Reade
     if not gpu:
         yield from loader
         return
-    for samples in loader:
+    for raw in loader:
+        samples = _unpack(raw)
         ok = [s for s in samples if s.error is None]
         kept, pixels, failed = gpu_decode.finish([s.item for s in ok], gpu_device, pre, cfg)
         failures = [(s.key, s.error) for s in samples if s.error is not None]

@@ -32,13 +32,21 @@ import time
 from pathlib import Path
 
 
-def decode_only(items, pre, reader_cfg, batch_size, workers, repeat) -> float:
+def decode_only(items, pre, reader_cfg, batch_size, workers, repeat, device) -> float:
+    """Images/s of the decode path the indexer uses on ``device`` (nvJPEG on CUDA)."""
+    import torch
+
+    from imgembed.gpu_decode import gpu_decode_available
     from imgembed.loader import iter_batches
 
+    on_gpu = device.type == "cuda"
+    gpu = device if gpu_decode_available(device) else None
     n, t = 0, time.perf_counter()
     for _ in range(repeat):
-        for b in iter_batches(items, pre, reader_cfg, batch_size, workers):
+        for b in iter_batches(items, pre, reader_cfg, batch_size, workers, pin_memory=on_gpu, gpu_device=gpu):
             n += len(b.keys)
+    if on_gpu:
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
 
 
@@ -46,7 +54,7 @@ def model_only(embedder, batch_size, n_images) -> float:
     import torch
 
     size = embedder.preprocess.size
-    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=embedder.device)
     embedder.embed(x)  # warm-up (allocations, compile when asked)
     n, t = 0, time.perf_counter()
     while n < n_images:
@@ -55,6 +63,30 @@ def model_only(embedder, batch_size, n_images) -> float:
     if embedder.device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
+
+
+def precision_cosines(embedder, items, reader_cfg, n: int = 64) -> dict[str, tuple[float, float]]:
+    """Cosine of reduced-precision embeddings to fp32 on the first ``n`` photos: {dtype: (mean, min)}."""
+    import numpy as np
+    import torch
+
+    from imgembed.loader import iter_batches
+
+    pixels = torch.cat([b.pixels for b in iter_batches(items[:n], embedder.preprocess, reader_cfg, 32, 0)])
+    saved = embedder.dtype
+    out = {}
+    try:
+        embedder.dtype = torch.float32
+        ref = np.concatenate([embedder.embed(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+        kinds = [torch.bfloat16] + ([torch.float16] if embedder.device.type == "cuda" else [])
+        for dt in kinds:
+            embedder.dtype = dt
+            got = np.concatenate([embedder.embed(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+            cos = np.sum(ref * got, axis=1)  # both are unit vectors
+            out[str(dt).replace("torch.", "")] = (float(cos.mean()), float(cos.min()))
+    finally:
+        embedder.dtype = saved
+    return out
 
 
 def end_to_end(folder, job_cfg, embedder, repeat) -> tuple[float, float]:
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=-1, help="decode processes (-1: one per core)")
     p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--precision-check", action="store_true",
+                   help="print the cosine of bf16 (and fp16 on CUDA) embeddings to fp32 ones")
     p.add_argument("--clip-retrieval", type=Path, metavar="VENV",
                    help="also run clip-retrieval inference from this venv (open_clip backbones)")
     a = p.parse_args(argv)
@@ -135,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone), embed=EmbedCfg(a.batch_size, a.workers),
                       reader=reader_cfg)
 
-    dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat)
+    dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
     print(f"decode-only   {dec:9.1f} images/s", flush=True)
     mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
     print(f"model-only    {mod:9.1f} images/s", flush=True)
@@ -145,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(scan, publish; model already built)")
     print(f"ceiling       {ceiling:9.1f} images/s = " + ("min(decode, model)" if on_gpu else "1/(1/decode + 1/model)"))
     print(f"end-to-end / ceiling  {loop / ceiling:.2f}")
+
+    if a.precision_check:
+        for dt, (mean, low) in precision_cosines(embedder, items, reader_cfg).items():
+            print(f"cosine {dt} vs fp32  mean {mean:.5f}  min {low:.5f}  (first 64 photos)")
 
     if a.clip_retrieval:
         family, _, rest = a.backbone.partition(":")

@@ -119,8 +119,10 @@ def test_finish_keeps_order_and_uses_the_cpu_for_what_the_gpu_refuses():
         (pixels[2].float() - decode_file_bytes(cmyk_like).float()).abs().mean() < 2
 
 
-def test_gpu_mode_of_the_loader_matches_the_cpu_mode(tmp_path, monkeypatch):
-    """The whole loader path with the GPU decoder swapped for the CPU one."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gpu_mode_of_the_loader_matches_the_cpu_mode(tmp_path, monkeypatch, workers):
+    """The whole loader path with the GPU decoder swapped for the CPU one (with a worker process,
+    the batch's JPEG bytes cross into the main process as one tensor)."""
     monkeypatch.setattr(gpu_decode, "_default_decoder", lambda: cpu_decoder)
     paths = []
     for i in range(7):
@@ -133,7 +135,7 @@ def test_gpu_mode_of_the_loader_matches_the_cpu_mode(tmp_path, monkeypatch):
     items = [(i, str(p).encode()) for i, p in enumerate(paths + [png, tmp_path / "bad.jpg"])]
     cfg = ReaderCfg(jpeg_draft=False)
     cpu = list(iter_batches(items, PRE, cfg, batch_size=4, workers=0))
-    gpu = list(iter_batches(items, PRE, cfg, batch_size=4, workers=0, gpu_device=CPU))
+    gpu = list(iter_batches(items, PRE, cfg, batch_size=4, workers=workers, gpu_device=CPU))
     flat = lambda bs, f: [x for b in bs for x in getattr(b, f)]  # noqa: E731
     assert flat(gpu, "keys") == flat(cpu, "keys") == list(range(8))
     assert flat(gpu, "sizes") == flat(cpu, "sizes") and flat(gpu, "sizes")[2] == (110, 150)
