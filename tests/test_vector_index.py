@@ -91,3 +91,14 @@ def test_mmap_read_gives_the_same_answers(kind, tmp_path):
     s2, i2 = vector_index.search(mapped, X[:20], 5)
     assert (i1 == i2).all() and np.allclose(s1, s2)
     assert vector_index.read_flags(True) & faiss.IO_FLAG_MMAP_IFC and vector_index.read_flags(False) == 0
+
+
+def test_single_queries_match_the_batch_and_restore_threads():
+    import faiss
+
+    X = clustered(2000, 16)
+    index = vector_index.build("ivf", 16, IndexCfg(), iter([(np.arange(2000), X)]), train=X)
+    threads = faiss.omp_get_max_threads()
+    _, batch = vector_index.search(index, X[:10], 5)
+    one = np.concatenate([vector_index.search(index, X[i:i + 1], 5)[1] for i in range(10)])
+    assert (one == batch).all() and faiss.omp_get_max_threads() == threads
