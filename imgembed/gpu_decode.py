@@ -25,13 +25,17 @@ from PIL import Image
 
 from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.reader import ImageSkipped, open_image, to_tensor
+from imgembed.reader import ImageSkipped, decode_query
 
 logger = logging.getLogger(__name__)
 
 # EXIF orientation -> (transpose, rotate by k*90 deg counter-clockwise, flip left-right)
 _ORIENT = {1: (False, 0, False), 2: (False, 0, True), 3: (False, 2, False), 4: (False, 2, True),
            5: (True, 0, False), 6: (False, 3, False), 7: (True, 2, False), 8: (False, 1, False)}
+
+
+# Photos more elongated than this go to the CPU, whose resize touches only the kept crop.
+MAX_ASPECT = 4
 
 
 class JpegInfo(NamedTuple):
@@ -76,6 +80,8 @@ def probe(data: bytes, cfg: ReaderCfg) -> JpegInfo | None:
                         "limit (--max-pixels)")
                 if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                     return None  # CMYK/YCCK and other oddities: PIL handles them
+                if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                    return None  # a strip: the CPU path resamples only the crop it keeps
                 orientation = im.getexif().get(0x0112, 1)
     except ImageSkipped:
         raise
@@ -153,7 +159,7 @@ def decode_many(datas: Sequence[torch.Tensor], device: torch.device,
 
 def cpu_decode(data: bytes, pre: Preprocess, cfg: ReaderCfg) -> torch.Tensor:
     """The CPU path for bytes the GPU did not take: ``uint8 (3, size, size)``. Raises ImageSkipped."""
-    return to_tensor(open_image(data, cfg, draft_to=pre.resize), pre)
+    return decode_query(data, pre, cfg)[0]
 
 
 def finish(items: Sequence[Any], device: torch.device, pre: Preprocess, cfg: ReaderCfg,

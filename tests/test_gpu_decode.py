@@ -74,6 +74,7 @@ def test_probe_routes_files():
     make_photo(1).save(png, "PNG")
     assert gpu_decode.probe(png.getvalue(), cfg) is None
     assert gpu_decode.probe(rgb[:20], cfg) is None  # broken header: the CPU names the reason
+    assert gpu_decode.probe(jpeg_bytes(make_photo(1, size=(400, 20))), cfg) is None  # strip: CPU
     with pytest.raises(ImageSkipped, match="max-pixels"):
         gpu_decode.probe(rgb, ReaderCfg(max_pixels=100))
 
