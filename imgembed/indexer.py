@@ -87,6 +87,9 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         identity = embedder.identity()
     heads = head_paths(cfg.head) if cfg.head else ()
     with StoreWriter(index_dir, identity, cfg.index, head_files=heads, wait=wait) as store:
+        if embedder is None and not _stored_dim_matches(store):  # a manifest edited by hand
+            embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
+            check_identity(store.manifest, embedder.identity(), store.dir)
         root_id = store.root_id(root)
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
@@ -116,6 +119,12 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _stored_dim_matches(store: StoreWriter) -> bool:
+    """The stored vectors have the manifest's dimension (cheap: one row)."""
+    row = store.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
+    return row is None or row[0] == 4 * store.dim
 
 
 def _same_embedder_by_name(manifest: dict, cfg: IndexJobCfg) -> bool:
