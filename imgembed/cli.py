@@ -46,12 +46,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=int, default=ReaderCfg.max_bytes, help="skip files larger than this")
 
 
+def _add_mmap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mmap", action="store_true",
+                   help="memory-map the vector index instead of reading it into memory (large indexes)")
+
+
 def _reader_cfg(a: argparse.Namespace) -> ReaderCfg:
     return ReaderCfg(max_pixels=a.max_pixels, max_bytes=a.max_bytes)
 
 
 def _backbone_cfg(a: argparse.Namespace) -> BackboneCfg:
-    return BackboneCfg(name=a.backbone, device=a.device, pool=a.pool)
+    return BackboneCfg(name=a.backbone, device=a.device, pool=a.pool, compile=getattr(a, "compile", False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_arg(p)
     _add_model_args(p)
     p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
-    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"])
+    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: faster for thousands of photos, after a one-off compile")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
@@ -77,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
+    _add_mmap_arg(p)
 
     p = sub.add_parser("info", help="what an index holds")
     _add_index_arg(p)
     p.add_argument("--json", action="store_true")
+    _add_mmap_arg(p)
 
     p = sub.add_parser("eval", help="class-level retrieval quality (sub-folder names are labels)")
     p.add_argument("--gallery", required=True)
@@ -157,7 +166,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 def cmd_search(a: argparse.Namespace) -> int:
     from imgembed.search import Searcher
 
-    s = Searcher(a.index, device=a.device)
+    s = Searcher(a.index, device=a.device, mmap=a.mmap)
     if a.text:
         if not s.embedder.has_text:
             raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
@@ -177,7 +186,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from imgembed.search import Searcher
 
-    info = Searcher(a.index).info()
+    info = Searcher(a.index, mmap=a.mmap).info()
     if a.json:
         print(json.dumps(asdict(info), indent=2))
     else:

@@ -35,6 +35,8 @@ class BackboneCfg:
     pool: str = "gem"
     # Precision: "auto" picks per device (bf16 on CUDA, fp32 on CPU, where bf16 is slower).
     precision: str = "auto"
+    # torch.compile the backbone: about 2x on a CPU for CNNs after a one-off compile of ~30 s.
+    compile: bool = False
 
 
 @dataclass

@@ -37,7 +37,9 @@ class Embedder:
     """Turns uint8 image batches into L2-normalised float32 vectors of ``dim`` dimensions."""
 
     def __init__(self, backbone: Backbone, head: ProjectionHead | None = None,
-                 device: str = "auto", precision: str = "auto") -> None:
+                 device: str = "auto", precision: str = "auto", compile: bool = False) -> None:
+        """``compile``: run the backbone through ``torch.compile`` (about 2x on a CPU for CNNs,
+        after a one-off compilation of tens of seconds: worth it for thousands of photos)."""
         if head is not None:
             if head.cfg.in_dim != backbone.dim:
                 raise HeadError(
@@ -51,17 +53,20 @@ class Embedder:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)
-        if self.device.type == "cpu":
+        if self.device.type in ("cpu", "cuda"):  # NHWC: faster convolutions on both (no-op for ViTs)
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.backbone, dynamic=False) if compile else self.backbone
+        self._fixed_batch = 0 if not compile else None  # compiled: pad to the first batch size
         self.head = head.to(self.device) if head is not None else None
         pre = backbone.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
 
     @classmethod
-    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None) -> "Embedder":
+    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: bool | None = None) -> "Embedder":
         head = load_head(head_path) if head_path else None
-        return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision)
+        return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision,
+                   compile=cfg.compile if compile is None else compile)
 
     @property
     def dim(self) -> int:
@@ -90,12 +95,16 @@ class Embedder:
     @torch.inference_mode()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw backbone features ``float32 (B, backbone.dim)`` for ``uint8 (B, 3, H, W)`` pixels."""
+        n = len(pixels)
+        if self._fixed_batch is None:
+            self._fixed_batch = max(n, 1)
+        if 0 < n < self._fixed_batch:  # a short last batch would make torch.compile compile again
+            pixels = torch.cat([pixels, pixels[:1].expand(self._fixed_batch - n, -1, -1, -1)])
         x = pixels.to(self.device, non_blocking=True).float()
         x = (x - self._mean) / self._std  # (B, 3, H, W)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.backbone(x).float()
+            return self._forward(x).float()[:n]
 
     @torch.inference_mode()
     def project(self, feats: torch.Tensor) -> torch.Tensor:

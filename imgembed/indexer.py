@@ -2,11 +2,13 @@
 
 Unchanged files (same size and mtime) cost one ``stat``. New or changed files are hashed first
 when the index already holds vectors, so renamed and copied photos reuse them; only content the
-index has never seen is decoded and embedded.
+index has never seen is decoded and embedded. The model is built only when something needs
+embedding, so re-indexing an unchanged folder costs the scan and nothing more.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +21,12 @@ import numpy as np
 from imgembed import fs
 from imgembed.config import IndexJobCfg, resolve_workers
 from imgembed.embedder import Embedder
+from imgembed.gpu_decode import gpu_decode_available
 from imgembed.head import head_paths
 from imgembed.loader import iter_batches
 from imgembed.reader import ImageSkipped, hash_file
-from imgembed.store import NewFile, PublishStats, StoreWriter
+from imgembed.store import (IDENTITY_KEYS, MANIFEST, NewFile, PublishStats, StoreWriter, check_identity,
+                            read_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +77,19 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         raise NotADirectoryError(f"not a folder: {root}")
     t0 = time.perf_counter()
     summary = IndexSummary(str(root))
-    embedder = embedder or Embedder.from_cfg(cfg.backbone, cfg.head)
+    identity = None
+    if embedder is None and (Path(index_dir) / MANIFEST).is_file():
+        manifest = read_manifest(index_dir)
+        if _same_embedder_by_name(manifest, cfg):
+            identity = {k: manifest.get(k) for k in IDENTITY_KEYS}
+    if identity is None:  # a new index, or a different embedder: build it now (and let the check speak)
+        embedder = embedder or Embedder.from_cfg(cfg.backbone, cfg.head)
+        identity = embedder.identity()
     heads = head_paths(cfg.head) if cfg.head else ()
-    with StoreWriter(index_dir, embedder.identity(), cfg.index, head_files=heads, wait=wait) as store:
+    with StoreWriter(index_dir, identity, cfg.index, head_files=heads, wait=wait) as store:
+        if embedder is None and not _stored_dim_matches(store):  # a manifest edited by hand
+            embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
+            check_identity(store.manifest, embedder.identity(), store.dir)
         root_id = store.root_id(root)
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
@@ -96,11 +110,40 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
 
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
-        _embed(store, root, root_id, todo, embedder, cfg, summary, progress)
+        if todo:
+            if embedder is None:
+                embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
+                check_identity(store.manifest, embedder.identity(), store.dir)
+            _embed(store, root, root_id, todo, embedder, cfg, summary, progress)
         summary.publish = store.publish()
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _stored_dim_matches(store: StoreWriter) -> bool:
+    """The stored vectors have the manifest's dimension (cheap: one row)."""
+    row = store.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
+    return row is None or row[0] == 4 * store.dim
+
+
+def _same_embedder_by_name(manifest: dict, cfg: IndexJobCfg) -> bool:
+    """Whether ``cfg`` names the embedder the index was built with, judged without building it.
+
+    Backbone spec, pooling and head fingerprint are compared; the weights' fingerprint is checked
+    against the real model as soon as anything has to be embedded.
+    """
+    if manifest.get("backbone") != cfg.backbone.name:
+        return False
+    if manifest.get("pool") is not None and manifest.get("pool") != cfg.backbone.pool:
+        return False
+    head_fp = None
+    if cfg.head:
+        try:
+            head_fp = json.loads(head_paths(cfg.head)[1].read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return False  # let the real loader report what is wrong with the head
+    return manifest.get("head_fingerprint") == head_fp
 
 
 def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry],
@@ -140,8 +183,10 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     vecs = []
     done = 0
     t0 = time.perf_counter()
+    on_gpu = embedder.device.type == "cuda"
     batches = iter_batches(items, embedder.preprocess, cfg.reader, cfg.embed.batch_size,
-                           resolve_workers(cfg.embed.workers), pin_memory=embedder.device.type == "cuda")
+                           resolve_workers(cfg.embed.workers), pin_memory=on_gpu,
+                           gpu_device=embedder.device if gpu_decode_available(embedder.device) else None)
     for batch in batches:
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))

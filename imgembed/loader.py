@@ -1,6 +1,10 @@
 """Parallel decoding into batches: a DataLoader whose workers read, hash and decode files.
 
 Files that fail are not in the batch; they come back in ``Batch.failures`` with their reason.
+
+With ``gpu_jpeg`` (a CUDA embedder), workers only read, hash and probe JPEGs; the batch is decoded
+on the GPU in the main process (:mod:`imgembed.gpu_decode`), and other files are decoded by the
+workers on the CPU as usual. Either way the batch keeps the order of the items.
 """
 
 from __future__ import annotations
@@ -10,42 +14,88 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from imgembed import gpu_decode
 from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.reader import ImageSkipped, decode_file
+from imgembed.reader import ImageSkipped, content_hash, decode_file, read_bytes
 
 
 class Batch(NamedTuple):
     keys: list[Any]  # the caller's key of each decoded image, in batch order
-    pixels: torch.Tensor  # uint8 (B, 3, size, size)
+    pixels: torch.Tensor  # uint8 (B, 3, size, size); on the GPU when decoded there
     sizes: list[tuple[int, int]]  # (width, height) of each photo as shown
     digests: list[str]  # content hash of each file
     failures: list[tuple[Any, str]]  # (key, reason) of files that could not be decoded
 
 
+class _Sample(NamedTuple):
+    key: Any
+    item: Any  # uint8 (3, s, s) tensor, gpu_decode.Pending, or None on failure
+    size: tuple[int, int]
+    digest: str
+    error: str | None
+
+
 class _Files(Dataset):
-    def __init__(self, items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg) -> None:
-        self.items, self.pre, self.cfg = items, pre, cfg
+    def __init__(self, items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
+                 gpu_jpeg: bool = False) -> None:
+        self.items, self.pre, self.cfg, self.gpu_jpeg = items, pre, cfg, gpu_jpeg
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> _Sample:
         key, path = self.items[i]
         try:
-            return key, decode_file(path, self.pre, self.cfg), None
+            if self.gpu_jpeg:
+                data = read_bytes(path, self.cfg)
+                info = gpu_decode.probe(data, self.cfg)
+                if info is not None:
+                    pending = gpu_decode.Pending(torch.frombuffer(bytearray(data), dtype=torch.uint8), info)
+                    return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None)
+            d = decode_file(path, self.pre, self.cfg)
+            return _Sample(key, d.pixels, (d.width, d.height), d.digest, None)
         except ImageSkipped as e:
-            return key, None, str(e)
+            return _Sample(key, None, (0, 0), "", str(e))
         except Exception as e:  # a decoder bug must not stop a run over thousands of photos
-            return key, None, f"unexpected error while decoding: {type(e).__name__}: {e}"
+            return _Sample(key, None, (0, 0), "", f"unexpected error while decoding: {type(e).__name__}: {e}")
 
 
-def _collate(samples: list) -> Batch:
-    ok = [(k, d) for k, d, _ in samples if d is not None]
-    failures = [(k, err) for k, d, err in samples if d is None]
-    pixels = torch.stack([d.pixels for _, d in ok]) if ok else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
-    return Batch([k for k, _ in ok], pixels, [(d.width, d.height) for _, d in ok],
-                 [d.digest for _, d in ok], failures)
+def _collate(samples: list[_Sample]) -> Batch:
+    """CPU path: every sample already decoded."""
+    ok = [s for s in samples if s.error is None]
+    pixels = torch.stack([s.item for s in ok]) if ok else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    return Batch([s.key for s in ok], pixels, [s.size for s in ok], [s.digest for s in ok],
+                 [(s.key, s.error) for s in samples if s.error is not None])
+
+
+class _RawBatch(NamedTuple):
+    samples: list[_Sample]  # Pending items carry (start, end) into ``blob`` instead of bytes
+    blob: torch.Tensor  # uint8: the JPEG bytes of the batch, end to end
+
+
+def _collate_raw(samples: list[_Sample]) -> _RawBatch:
+    """GPU path: the main process decodes the pending JPEGs. Their bytes travel as one tensor
+    (one shared-memory block per batch rather than one per photo)."""
+    datas, out, at = [], [], 0
+    for s in samples:
+        if isinstance(s.item, gpu_decode.Pending):
+            n = s.item.data.numel()
+            datas.append(s.item.data)
+            s = s._replace(item=s.item._replace(data=(at, at + n)))
+            at += n
+        out.append(s)
+    return _RawBatch(out, torch.cat(datas) if datas else torch.empty(0, dtype=torch.uint8))
+
+
+def _unpack(raw: _RawBatch) -> list[_Sample]:
+    out = []
+    for s in raw.samples:
+        if isinstance(s.item, gpu_decode.Pending):
+            start, end = s.item.data
+            s = s._replace(item=s.item._replace(data=raw.blob[start:end]))
+        out.append(s)
+    return out
 
 
 def _init_worker(_: int) -> None:
@@ -53,13 +103,29 @@ def _init_worker(_: int) -> None:
 
 
 def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
-                 batch_size: int, workers: int, pin_memory: bool = False) -> Iterator[Batch]:
-    """Decode ``(key, path)`` items in order, ``workers`` processes in parallel."""
+                 batch_size: int, workers: int, pin_memory: bool = False,
+                 gpu_device: torch.device | None = None) -> Iterator[Batch]:
+    """Decode ``(key, path)`` items in order, ``workers`` processes in parallel.
+
+    ``gpu_device``: a CUDA device to decode JPEGs on (nvJPEG); None decodes everything on the CPU.
+    """
     if not items:
         return
+    gpu = gpu_device is not None
     loader = DataLoader(
-        _Files(items, pre, cfg), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
+        _Files(items, pre, cfg, gpu_jpeg=gpu), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate_raw if gpu else _collate, pin_memory=pin_memory,
+        worker_init_fn=_init_worker if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
-    yield from loader
+    if not gpu:
+        yield from loader
+        return
+    for raw in loader:
+        samples = _unpack(raw)
+        ok = [s for s in samples if s.error is None]
+        kept, pixels, failed = gpu_decode.finish([s.item for s in ok], gpu_device, pre, cfg)
+        failures = [(s.key, s.error) for s in samples if s.error is not None]
+        failures += [(ok[i].key, why) for i, why in failed]
+        yield Batch([ok[i].key for i in kept], pixels, [ok[i].size for i in kept],
+                    [ok[i].digest for i in kept], failures)

@@ -491,21 +491,23 @@ class StoreWriter:
         """
         removed, added = self._pending()
         total = self.count(self.gen)
-        kind = vector_index.choose_type(self.index_cfg, total)
+        kind = vector_index.choose_type(self.index_cfg, total, self.dim)
         old_path = self.dir / faiss_name(self.published)
         old_kind = _meta(self.con, "index_type")
         rebuild = (rebuild or not old_path.exists() or kind != old_kind
                    or (len(removed) and not vector_index.supports_remove(kind)))
         if not rebuild and not len(removed) and not len(added):
             return PublishStats(self.published, kind, 0, 0, total, False)
-        if rebuild:
-            train = self._sample(self.gen, 100_000) if kind == "ivfpq" else None
-            index = vector_index.build(kind, self.dim, self.index_cfg, self._all_vectors(self.gen), train)
-        else:
+        if not rebuild:
             try:
                 index = faiss.read_index(str(old_path))
             except RuntimeError as e:
                 raise StoreError(f"cannot read {old_path} ({e}); run imgembed verify --repair") from e
+            rebuild = vector_index.outgrown(index, total)  # IVF lists trained for far fewer vectors
+        if rebuild:
+            train = self._sample(self.gen, 262_144) if vector_index.needs_training(kind) else None
+            index = vector_index.build(kind, self.dim, self.index_cfg, self._all_vectors(self.gen), train, total)
+        else:
             vector_index.remove(index, removed)
             for ids, vecs in self.vectors_for(added):
                 vector_index.add(index, ids, vecs)
@@ -616,8 +618,7 @@ class Snapshot:
             return True
         path = self.dir / faiss_name(gen)
         try:
-            flags = faiss.IO_FLAG_MMAP if self.mmap else 0
-            index = faiss.read_index(str(path), flags) if flags else faiss.read_index(str(path))
+            index = vector_index.read(str(path), mmap=self.mmap)
         except RuntimeError as e:
             if not path.exists():
                 return False

@@ -14,12 +14,12 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind,min_recall", [("flat", 1.0), ("hnsw", 0.95), ("ivfpq", 0.5)])
+@pytest.mark.parametrize("kind,min_recall", [("flat", 1.0), ("ivf", 0.95), ("hnsw", 0.95), ("ivfpq", 0.5)])
 def test_recall_against_brute_force(kind, min_recall):
     X = clustered(3000, 32)
     ids = np.arange(1000, 4000, dtype=np.int64)
     cfg = IndexCfg(ivf_nprobe=16)
-    index = vector_index.build(kind, 32, cfg, iter([(ids, X)]), train=X if kind == "ivfpq" else None)
+    index = vector_index.build(kind, 32, cfg, iter([(ids, X)]), train=X if vector_index.needs_training(kind) else None)
     assert vector_index.kind_of(index) == kind
     assert sorted(vector_index.ids_of(index)) == list(ids)
     Q = X[:100] + 0.05 * np.random.default_rng(1).normal(size=(100, 32)).astype(np.float32)
@@ -43,7 +43,62 @@ def test_remove_then_add_keeps_ids():
 def test_auto_rule_by_size():
     cfg = IndexCfg()
     assert vector_index.choose_type(cfg, 1000) == "flat"
-    assert vector_index.choose_type(cfg, 1_000_000) == "hnsw"
-    assert vector_index.choose_type(cfg, 50_000_000) == "ivfpq"
+    assert vector_index.choose_type(cfg, vector_index.AUTO_FLAT_MAX + 1) == "ivf"
+    assert vector_index.choose_type(cfg, 1_000_000, 128) == "ivf"
+    assert vector_index.choose_type(cfg, 1_000_000, 1280) == "ivf"  # 5.1 GB of raw vectors
+    assert vector_index.choose_type(cfg, 50_000_000, 128) == "ivfpq"  # 25.6 GB would not fit
+    assert vector_index.choose_type(IndexCfg(index_type="hnsw"), 10) == "hnsw"
     with pytest.raises(ValueError, match="unknown index type"):
         vector_index.choose_type(IndexCfg(index_type="lsh"), 10)
+
+
+def test_ivf_lists_and_probes_follow_the_size():
+    assert vector_index.auto_nlist(1_000_000) == 4000
+    assert vector_index.auto_nprobe(4000, IndexCfg(ivf_nprobe=16)) == 62  # nlist / 64 beats the floor
+    assert vector_index.auto_nprobe(200, IndexCfg(ivf_nprobe=16)) == 16
+    assert vector_index.auto_nprobe(8, IndexCfg(ivf_nprobe=16)) == 8  # never more than the lists
+    X = clustered(4000, 16)
+    index = vector_index.build("ivf", 16, IndexCfg(), iter([(np.arange(4000), X)]), train=X[:2000], n=4000)
+    assert index.nlist == min(vector_index.auto_nlist(4000), 2000 // 39)
+    assert not vector_index.outgrown(index, 4000)
+    assert vector_index.outgrown(index, 100 * 4000)  # lists trained for 4k vectors, now 400k
+    assert not vector_index.outgrown(vector_index.build("flat", 16, IndexCfg(), iter([])), 10**7)
+
+
+def test_ivf_removes_in_place():
+    X = clustered(2000, 16)
+    ids = np.arange(2000, dtype=np.int64)
+    index = vector_index.build("ivf", 16, IndexCfg(ivf_nprobe=64), iter([(ids, X)]), train=X)
+    assert vector_index.remove(index, np.array([5, 6, 7])) == 3
+    assert sorted(vector_index.ids_of(index)) == [i for i in range(2000) if i not in (5, 6, 7)]
+    _, got = vector_index.search(index, X[5:6], 5)
+    assert 5 not in got[0]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_mmap_read_gives_the_same_answers(kind, tmp_path):
+    import faiss
+
+    X = clustered(1500, 16)
+    ids = np.arange(1500, dtype=np.int64)
+    index = vector_index.build(kind, 16, IndexCfg(), iter([(ids, X)]), train=X if kind == "ivf" else None)
+    path = str(tmp_path / "x.faiss")
+    faiss.write_index(index, path)
+    mapped = vector_index.read(path, mmap=True)
+    loaded = vector_index.read(path)
+    assert vector_index.kind_of(mapped) == kind
+    s1, i1 = vector_index.search(loaded, X[:20], 5)
+    s2, i2 = vector_index.search(mapped, X[:20], 5)
+    assert (i1 == i2).all() and np.allclose(s1, s2)
+    assert vector_index.read_flags(True) & faiss.IO_FLAG_MMAP_IFC and vector_index.read_flags(False) == 0
+
+
+def test_single_queries_match_the_batch_and_restore_threads():
+    import faiss
+
+    X = clustered(2000, 16)
+    index = vector_index.build("ivf", 16, IndexCfg(), iter([(np.arange(2000), X)]), train=X)
+    threads = faiss.omp_get_max_threads()
+    _, batch = vector_index.search(index, X[:10], 5)
+    one = np.concatenate([vector_index.search(index, X[i:i + 1], 5)[1] for i in range(10)])
+    assert (one == batch).all() and faiss.omp_get_max_threads() == threads

@@ -1,0 +1,203 @@
+"""Indexing throughput against what the hardware allows, in one run.
+
+    python scripts/bench_pipeline.py FOLDER [--backbone open_clip:ViT-B-32:/path/weights.pt]
+                                            [--repeat 3] [--clip-retrieval /tmp/cr-venv]
+
+Prints, for the photos in FOLDER:
+  decode-only   images/s of the decode workers alone (read, hash, decode, resize; all cores)
+  model-only    images/s of the embedder alone on ready uint8 batches (all cores)
+  end-to-end    images/s of the indexing loop (``imgembed.indexer``: decode workers feeding the
+                model, vectors committed to the store), and of the whole ``index`` run
+  ceiling       on a CPU, where decoding and the model share the cores: 1 / (1/decode + 1/model);
+                with the model on a GPU: min(decode, model)
+  end-to-end / ceiling
+
+With ``--clip-retrieval VENV`` it also runs ``clip-retrieval inference`` from that venv (created
+with ``pip install clip-retrieval`` when missing) on the same folder, with the same open_clip
+architecture and the same local weights file, and prints our images/s over theirs. Their figure
+is taken inside their loop (the stats file they write: samples / (end - start)) and for the whole
+command (with their start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def decode_only(items, pre, reader_cfg, batch_size, workers, repeat, device) -> float:
+    """Images/s of the decode path the indexer uses on ``device`` (nvJPEG on CUDA)."""
+    import torch
+
+    from imgembed.gpu_decode import gpu_decode_available
+    from imgembed.loader import iter_batches
+
+    on_gpu = device.type == "cuda"
+    gpu = device if gpu_decode_available(device) else None
+    n, t = 0, time.perf_counter()
+    for _ in range(repeat):
+        for b in iter_batches(items, pre, reader_cfg, batch_size, workers, pin_memory=on_gpu, gpu_device=gpu):
+            n += len(b.keys)
+    if on_gpu:
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def model_only(embedder, batch_size, n_images) -> float:
+    import torch
+
+    size = embedder.preprocess.size
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=embedder.device)
+    embedder.embed(x)  # warm-up (allocations, compile when asked)
+    n, t = 0, time.perf_counter()
+    while n < n_images:
+        embedder.embed(x)
+        n += batch_size
+    if embedder.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t)
+
+
+def precision_cosines(embedder, items, reader_cfg, n: int = 64) -> dict[str, tuple[float, float]]:
+    """Cosine of reduced-precision embeddings to fp32 on the first ``n`` photos: {dtype: (mean, min)}."""
+    import numpy as np
+    import torch
+
+    from imgembed.loader import iter_batches
+
+    pixels = torch.cat([b.pixels for b in iter_batches(items[:n], embedder.preprocess, reader_cfg, 32, 0)])
+    saved = embedder.dtype
+    out = {}
+    try:
+        embedder.dtype = torch.float32
+        ref = np.concatenate([embedder.embed(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+        kinds = [torch.bfloat16] + ([torch.float16] if embedder.device.type == "cuda" else [])
+        for dt in kinds:
+            embedder.dtype = dt
+            got = np.concatenate([embedder.embed(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+            cos = np.sum(ref * got, axis=1)  # both are unit vectors
+            out[str(dt).replace("torch.", "")] = (float(cos.mean()), float(cos.min()))
+    finally:
+        embedder.dtype = saved
+    return out
+
+
+def end_to_end(folder, job_cfg, embedder, repeat) -> tuple[float, float]:
+    """(images/s inside the indexing loop, images/s of the whole index run incl. publish)."""
+    from imgembed.indexer import index_folder
+
+    n = loop_s = run_s = 0.0
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            s = index_folder(folder, Path(d) / "ix", job_cfg, embedder=embedder)
+            run_s += time.perf_counter() - t
+            n += s.indexed
+            loop_s += s.embed_seconds
+    return n / loop_s, n / run_s
+
+
+def clip_retrieval(venv: Path, folder: Path, arch: str, weights: str, batch_size: int,
+                   workers: int) -> tuple[float, float, int]:
+    """(images/s inside their loop, images/s of their whole command, images) of clip-retrieval."""
+    exe = venv / "bin" / "clip-retrieval"
+    if not exe.exists():
+        print(f"installing clip-retrieval into its own venv {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # clip (a dependency) imports pkg_resources, which setuptools >= 81 no longer has
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "clip-retrieval", "setuptools<70"], check=True)
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [str(exe), "inference", "--input_dataset", str(folder), "--output_folder", f"{out}/o",
+               "--input_format", "files", "--clip_model", f"open_clip:{arch}/{weights}",
+               "--enable_text", "False", "--enable_metadata", "False", "--batch_size", str(batch_size),
+               "--num_prepro_workers", str(workers), "--use_jit", "False", "--enable_wandb", "False"]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        stats = list(Path(out, "o", "stats").glob("*.json")) if r.returncode == 0 else []
+        if not stats:
+            raise RuntimeError(f"clip-retrieval failed (exit {r.returncode}): {r.stderr[-2000:]}")
+        n = end = 0.0
+        start = float("inf")
+        for p in stats:
+            s = json.loads(p.read_text())
+            n += s["sample_count"]
+            start, end = min(start, s["start_time"]), max(end, s["end_time"])
+    return n / (end - start), n / wall, int(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=-1, help="decode processes (-1: one per core)")
+    p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--precision-check", action="store_true",
+                   help="print the cosine of bf16 (and fp16 on CUDA) embeddings to fp32 ones")
+    p.add_argument("--clip-retrieval", type=Path, metavar="VENV",
+                   help="also run clip-retrieval inference from this venv (open_clip backbones)")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from imgembed import fs
+    from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, resolve_workers
+    from imgembed.embedder import Embedder
+
+    workers = resolve_workers(a.workers)
+    reader_cfg = ReaderCfg()
+    items = list(fs.iter_image_paths(a.folder, reader_cfg))
+    if not items:
+        sys.exit(f"no images under {a.folder}")
+    t = time.perf_counter()
+    embedder = Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device), compile=a.compile)
+    build_s = time.perf_counter() - t
+    on_gpu = embedder.device.type == "cuda"
+    print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
+          f"({embedder.dtype}); batch {a.batch_size}; {workers} decode workers; "
+          f"{torch.get_num_threads()} model threads; {os.cpu_count()} CPUs; model built in {build_s:.1f} s")
+    job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone), embed=EmbedCfg(a.batch_size, a.workers),
+                      reader=reader_cfg)
+
+    dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
+    print(f"decode-only   {dec:9.1f} images/s", flush=True)
+    mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
+    print(f"model-only    {mod:9.1f} images/s", flush=True)
+    loop, run = end_to_end(a.folder, job, embedder, a.repeat)
+    ceiling = min(dec, mod) if on_gpu else 1 / (1 / dec + 1 / mod)
+    print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
+          f"(scan, publish; model already built)")
+    print(f"ceiling       {ceiling:9.1f} images/s = " + ("min(decode, model)" if on_gpu else "1/(1/decode + 1/model)"))
+    print(f"end-to-end / ceiling  {loop / ceiling:.2f}")
+
+    if a.precision_check:
+        for dt, (mean, low) in precision_cosines(embedder, items, reader_cfg).items():
+            print(f"cosine {dt} vs fp32  mean {mean:.5f}  min {low:.5f}  (first 64 photos)")
+
+    if a.clip_retrieval:
+        family, _, rest = a.backbone.partition(":")
+        arch, _, weights = rest.partition(":")
+        if family != "open_clip" or not os.path.isfile(weights):
+            sys.exit("--clip-retrieval needs --backbone open_clip:ARCH:/path/to/local/weights")
+        theirs_loop, theirs_run, n = clip_retrieval(a.clip_retrieval, a.folder, arch, os.path.abspath(weights),
+                                                    a.batch_size, workers)
+        ours_run_cold = len(items) / (build_s + len(items) / run)
+        print(f"clip-retrieval {theirs_loop:8.1f} images/s in its loop; {theirs_run:.1f} for the whole "
+              f"command ({n} images)")
+        print(f"ours / theirs {loop / theirs_loop:9.2f}x in the loop; {ours_run_cold / theirs_run:.2f}x whole "
+              f"run counting our model build ({ours_run_cold:.1f} images/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Search at scale: build time, latency, batch QPS, recall@10 and bytes per vector per index type.
+
+    python scripts/bench_search.py N DIM [--queries 1000] [--threads 2] [--types flat,ivf,hnsw,ivfpq]
+
+Vectors with the structure of real embeddings. Uniform random unit vectors would make every
+approximate index look broken (no photo collection looks like them), so the N vectors are built
+from real photos instead:
+
+1. Raw EfficientNet-Lite0 features of the clothing-small photos (train + validation + test; cached
+   by ``imgembed.features``), the "anchors".
+2. Real augmentation deltas: features of random crops / flips / colour jitter of a sample of those
+   photos minus the features of the photo itself.
+3. Each of the N vectors is a base plus a real delta (taken from another photo) scaled by
+   U(0.75, 1.5): a synthetic "augmented copy". The base is a real photo, or for half of them a
+   point between a photo and one of its 10 nearest real photos (t ~ U(0, 0.5)), so the set is a
+   continuum between similar photos rather than tight blobs. Everything is projected by PCA
+   (fitted on the anchors) to DIM and L2-normalised, as a trained head's output would be.
+
+The script prints neighbour statistics of real crops and synthetic copies side by side (cosine to
+the source photo, cosine to the 1st and 10th neighbour) so the match can be judged. Queries are
+fresh synthetic copies, not in the index. Recall@10 is against exact search (IndexFlatIP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLOTHING = Path(os.environ.get("CLOTHING_DIR", "/work/shared/data/clothing-small"))
+
+
+# ---------------------------------------------------------------- data
+
+
+def real_features(n_crop_photos: int, crops_per_photo: int, seed: int = 0):
+    """(anchors (A, 1280), deltas (C, 1280), crop_src (C,)) from real photos."""
+    import torch
+    import torchvision.transforms.v2 as T
+    from PIL import Image
+
+    from imgembed.config import BackboneCfg, EmbedCfg, ReaderCfg
+    from imgembed.embedder import Embedder
+    from imgembed.features import extract_features
+    from imgembed.reader import open_image, read_bytes, to_tensor
+
+    paths = sorted(os.fsencode(p) for p in CLOTHING.rglob("*.jpg"))
+    if not paths:
+        sys.exit(f"no photos under {CLOTHING} (set CLOTHING_DIR)")
+    embedder = Embedder.from_cfg(BackboneCfg(device="cpu"))
+    fs = extract_features(paths, embedder, ReaderCfg(), EmbedCfg(batch_size=64))
+    anchors = fs.feats[fs.ok]
+    print(f"anchors: {len(anchors)} real clothing-small photos ({fs.computed} computed, rest cached)")
+
+    cache = Path(tempfile.gettempdir()) / f"imgembed-bench-crops-{n_crop_photos}x{crops_per_photo}-{seed}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return anchors, z["deltas"], z["src"]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(anchors), n_crop_photos, replace=False)
+    ok_paths = [p for p, o in zip(paths, fs.ok) if o]
+    aug = T.Compose([T.RandomResizedCrop(256, scale=(0.4, 1.0)), T.RandomHorizontalFlip(),
+                     T.ColorJitter(0.3, 0.3, 0.3, 0.05)])
+    torch.manual_seed(seed)
+    pre = embedder.preprocess
+    batch, src = [], []
+    for i in pick:
+        im = open_image(read_bytes(ok_paths[i], ReaderCfg()), ReaderCfg(), draft_to=None)
+        for _ in range(crops_per_photo):
+            batch.append(to_tensor(aug(im), pre))
+            src.append(i)
+    feats = []
+    t0 = time.perf_counter()
+    for j in range(0, len(batch), 32):
+        feats.append(embedder.features(torch.stack(batch[j:j + 32])).numpy())
+    feats = np.concatenate(feats)
+    print(f"real crops: {len(feats)} augmented crops of {n_crop_photos} photos embedded in "
+          f"{time.perf_counter() - t0:.0f} s")
+    src = np.array(src)
+    deltas = feats - anchors[src]
+    np.savez(cache, deltas=deltas, src=src)
+    return anchors, deltas, src
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Generator:
+    """Synthetic augmented copies of real photos, projected to ``dim``."""
+
+    def __init__(self, anchors: np.ndarray, deltas: np.ndarray, src: np.ndarray, dim: int) -> None:
+        a = unit(anchors)
+        self.mean = a.mean(0)
+        _, _, vt = np.linalg.svd(a - self.mean, full_matrices=False)
+        self.basis = vt[:dim].T.astype(np.float32)  # (1280, dim)
+        self.anchors, self.src = anchors, src
+        self.deltas = deltas
+        self.norm = np.linalg.norm(anchors, axis=1, keepdims=True)
+        self.unit_anchors = a
+        sims = a @ a.T
+        np.fill_diagonal(sims, -np.inf)
+        self.knn = np.argsort(-sims, axis=1)[:, :10]  # each photo's 10 nearest real photos
+
+    def project(self, raw: np.ndarray) -> np.ndarray:
+        return unit((unit(raw) - self.mean) @ self.basis)
+
+    def sample(self, n: int, rng: np.random.Generator, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors (n, dim), anchor index (n,))``."""
+        out, which = [], []
+        for s in range(0, n, chunk):
+            m = min(chunk, n - s)
+            ai = rng.integers(0, len(self.anchors), m)
+            di = rng.integers(0, len(self.deltas), m)
+            # half are new "photos" between a photo and one of its 10 nearest real neighbours
+            t = (rng.uniform(0, 0.5, (m, 1)) * (rng.random((m, 1)) < 0.5)).astype(np.float32)
+            nb = self.knn[ai, rng.integers(0, self.knn.shape[1], m)]
+            base = (1 - t) * self.unit_anchors[ai] + t * self.unit_anchors[nb]
+            scale = rng.uniform(0.75, 1.5, (m, 1)).astype(np.float32)
+            raw = base * self.norm[ai] + scale * self.deltas[di]
+            out.append(self.project(raw))
+            which.append(ai)
+        return np.concatenate(out), np.concatenate(which)
+
+
+def neighbour_stats(gen: Generator, rng: np.random.Generator) -> None:
+    """Real crops vs synthetic copies, in the projected space: how alike are they?"""
+    A = gen.project(gen.anchors)
+    real = gen.project(gen.anchors[gen.src] + gen.deltas)
+    real_src = gen.src
+    syn, syn_src = gen.sample(len(real), rng)
+    print("neighbour statistics in the projected space (real augmented crops vs synthetic copies):")
+    print(f"  {'':10s} {'cos to source':>14s} {'NN1 cos':>8s} {'NN10 cos':>9s} {'NN10/NN1 gap':>13s}")
+    for name, X, s in (("real", real, real_src), ("synthetic", syn, syn_src)):
+        to_src = np.sum(X * A[s], axis=1)
+        sims = X @ A.T  # neighbours among the real photos, source excluded
+        sims[np.arange(len(X)), s] = -np.inf
+        top = -np.sort(-sims, axis=1)[:, :10]
+        print(f"  {name:10s} {np.mean(to_src):8.3f}+-{np.std(to_src):.3f} {np.mean(top[:, 0]):8.3f} "
+              f"{np.mean(top[:, 9]):9.3f} {np.mean(top[:, 0] - top[:, 9]):13.3f}")
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def exact_topk(X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatIP(X.shape[1])
+    index.add(X)
+    return index.search(Q, k)[1]
+
+
+def latency(index, Q: np.ndarray, k: int = 10) -> tuple[float, float, float, float]:
+    """Wall-clock p50, p99 and CPU-time p50, p99 (ms) of one query at a time on one thread.
+
+    One thread: a server answers concurrent queries on separate threads, and one query split
+    over OpenMP threads stalls whenever another process holds a core. The CPU time of the thread
+    is what the query costs on an idle machine; wall-clock includes waiting for a busy core.
+    """
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    wall, cpu = [], []
+    for q in Q:
+        t, c = time.perf_counter(), time.thread_time()
+        index.search(q[None], k)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    faiss.omp_set_num_threads(threads)
+    wall, cpu = np.array(wall) * 1000, np.array(cpu) * 1000
+    return (float(np.percentile(wall, 50)), float(np.percentile(wall, 99)),
+            float(np.percentile(cpu, 50)), float(np.percentile(cpu, 99)))
+
+
+def recall_at(got: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    return float(np.mean([len(set(g[:k]) & set(t[:k])) / k for g, t in zip(got, truth)]))
+
+
+def file_bytes(index) -> int:
+    import faiss
+
+    with tempfile.NamedTemporaryFile(suffix=".faiss") as f:
+        faiss.write_index(index, f.name)
+        return os.path.getsize(f.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("n", type=int)
+    p.add_argument("dim", type=int)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--types", default="flat,ivf,ivfpq,hnsw")
+    p.add_argument("--crop-photos", type=int, default=96)
+    p.add_argument("--crops", type=int, default=4)
+    a = p.parse_args(argv)
+
+    import faiss
+
+    from imgembed import vector_index
+    from imgembed.config import IndexCfg
+
+    faiss.omp_set_num_threads(a.threads)
+    rng = np.random.default_rng(1)
+    anchors, deltas, src = real_features(a.crop_photos, a.crops)
+    if a.dim > anchors.shape[1]:
+        sys.exit(f"DIM must be at most {anchors.shape[1]} (the backbone's feature size)")
+    gen = Generator(anchors, deltas, src, a.dim)
+    neighbour_stats(gen, rng)
+    t = time.perf_counter()
+    X, _ = gen.sample(a.n, rng)
+    Q, _ = gen.sample(a.queries, rng)
+    ids = np.arange(a.n, dtype=np.int64)
+    print(f"{a.n} x {a.dim}-d vectors generated in {time.perf_counter() - t:.0f} s; {a.queries} queries; "
+          f"{a.threads} faiss threads for batches, 1 for single queries; {os.cpu_count()} CPUs")
+    t = time.perf_counter()
+    truth = exact_topk(X, Q, 10)
+    print(f"exact top-10 of the queries in {time.perf_counter() - t:.1f} s")
+
+    cfg = IndexCfg()
+    auto = vector_index.choose_type(cfg, a.n, a.dim)
+    print(f"auto picks: {auto}")
+    print(f"load average {os.getloadavg()[0]:.1f} (other processes share the {os.cpu_count()} CPUs); "
+          "latency: one query at a time; wall = elapsed, cpu = the query thread's CPU time")
+    print(f"{'type':6s} {'params':22s} {'build s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'cpu p50':>7s} "
+          f"{'cpu p99':>7s} {'batch QPS':>10s} {'recall@10':>9s} {'B/vector':>9s}")
+    for kind in a.types.split(","):
+        t = time.perf_counter()
+        train = X[rng.choice(a.n, min(a.n, 262_144), replace=False)] if vector_index.needs_training(kind) else None
+        index = vector_index.build(kind, a.dim, cfg, iter([(ids, X)]), train, a.n)
+        build_s = time.perf_counter() - t
+        nbytes = file_bytes(index)
+        if kind == "ivf" or kind == "ivfpq":
+            inner = faiss.extract_index_ivf(index)
+            default = inner.nprobe
+            sweep = sorted({default, max(1, default // 2), default * 2, default * 4} & set(range(1, inner.nlist + 1)))
+            settings = [(f"nlist={inner.nlist} nprobe={v}" + (" *" if v == default else ""),
+                         lambda v=v: setattr(inner, "nprobe", v)) for v in sweep]
+            reset = lambda: setattr(inner, "nprobe", default)  # noqa: E731
+        elif kind == "hnsw":
+            inner = faiss.downcast_index(index.index)
+            default = inner.hnsw.efSearch
+            settings = [(f"M={cfg.hnsw_m} efSearch={v}" + (" *" if v == default else ""),
+                         lambda v=v: setattr(inner.hnsw, "efSearch", v)) for v in (32, 64, 128)]
+            reset = lambda: setattr(inner.hnsw, "efSearch", default)  # noqa: E731
+        else:
+            settings, reset = [("exact", lambda: None)], lambda: None
+        for label, apply in settings:
+            apply()
+            nq = min(len(Q), 300 if kind == "flat" else len(Q))
+            lat = latency(index, Q[:nq])
+            t = time.perf_counter()
+            _, got = index.search(Q, 10)
+            qps = len(Q) / (time.perf_counter() - t)
+            print(f"{kind:6s} {label:22s} {build_s:8.1f} {lat[0]:7.2f} {lat[1]:7.2f} {lat[2]:7.2f} {lat[3]:7.2f} "
+                  f"{qps:10.0f} {recall_at(got, truth):9.3f} {nbytes / a.n:9.0f}", flush=True)
+        reset()
+        if kind == auto:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "x.faiss")
+                faiss.write_index(index, path)
+                del index
+                t = time.perf_counter()
+                mapped = vector_index.read(path, mmap=True)
+                load_s = time.perf_counter() - t
+                _, got = mapped.search(Q, 10)
+                lat = latency(mapped, Q)
+                print(f"{kind:6s} {'mmap (defaults)':22s} {load_s:8.2f} {lat[0]:7.2f} {lat[1]:7.2f} {lat[2]:7.2f} "
+                      f"{lat[3]:7.2f} {'':>10s} {recall_at(got, truth):9.3f}   (build s column: time to open; "
+                      "file in the page cache)", flush=True)
+                del mapped
+        else:
+            del index
+    print("* = the parameters the store uses by default")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
