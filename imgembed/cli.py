@@ -114,6 +114,8 @@ def cmd_index(a: argparse.Namespace) -> int:
 
     if a.engine == "ray":
         return cmd_index_ray(a)
+    if a.shards_out or a.shards_only or a.ray_address:
+        raise ValueError("--shards-out, --shards-only and --ray-address go with --engine ray")
 
     cfg = IndexJobCfg(
         backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),

@@ -153,9 +153,8 @@ def _plan(root: Path, out: Path, cfg: IndexJobCfg, ray_cfg: RayCfg, embedder: Em
 
 def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: IndexJobCfg,
          ray_cfg: RayCfg, embedder: Embedder, summary: ShardJobSummary, progress: Progress | None) -> None:
-    import ray
-
     connect(ray_cfg.address)
+    import ray
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows its own
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
