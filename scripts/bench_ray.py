@@ -5,6 +5,7 @@ the ratio, not the absolute figures).
 
 Copies the first N photos (sorted by path) into a temporary folder, then embeds them
 1. with the local path (``index_folder``: DataLoader decode workers + the model in this process),
+   before and after the Ray runs (the ratio uses the mean of the two: the machine's load drifts),
 2. with the Ray engine on a local Ray cluster of all cores (decode tasks + an actor pool), with the
    default actor settings and with the actor's torch threads raised to all cores,
 and prints images/s of each (embedding loop, model already loaded), the end-to-end seconds, the
@@ -58,17 +59,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(files)} photos from {a.folder}, backbone {a.backbone} ({embedder.dim}-d), "
               f"batch {a.batch_size}, {cpus} CPUs")
 
-        t = time.perf_counter()
-        local = index_folder(photos, work / "local-ix", cfg, embedder=embedder)
-        local_wall = time.perf_counter() - t
-        print(f"local : {local.images_per_second:7.1f} images/s  ({local.indexed} embedded, {local_wall:.1f} s end to end, "
-              f"{cpus} decode workers)")
+        def run_local(name: str) -> float:
+            t = time.perf_counter()
+            shutil.rmtree(work / "local-ix", ignore_errors=True)
+            local = index_folder(photos, work / "local-ix", cfg, embedder=embedder)
+            print(f"{name}: {local.images_per_second:7.1f} images/s  ({local.indexed} embedded, "
+                  f"{time.perf_counter() - t:.1f} s end to end, {cpus} decode workers)", flush=True)
+            return local.images_per_second
+
+        local_before = run_local("local (before ray)")
 
         t = time.perf_counter()
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         init_s = time.perf_counter() - t
-        print(f"ray   : cluster start {init_s:.1f} s")
+        print(f"ray   : cluster start {init_s:.1f} s", flush=True)
         results = {}
         variants = {"ray (default: 1 CPU, 1 thread per actor)": RayCfg(),
                     f"ray (actor with {cpus} torch threads)": RayCfg(actor_threads=cpus)}
@@ -79,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t
             results[name] = (s, out)
             print(f"{name}: {s.images_per_second:7.1f} images/s  ({s.embedded} embedded on {s.actors} actor(s), "
-                  f"{wall:.1f} s end to end without the cluster start)")
+                  f"{wall:.1f} s end to end without the cluster start)", flush=True)
         ray.shutdown()
+        # The machine's load drifts: the local path runs before and after, and the ratio uses the mean.
+        local_ips = (local_before + run_local("local (after ray)")) / 2
 
         snap = Snapshot(work / "local-ix")
         rows = list(snap.iter_rows())
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for _, chunk in shards.iter_shards(out):
                 for f, v in zip(chunk.files, chunk.vectors):
                     diff = max(diff, float(np.abs(v - local_vecs[f.relpath]).max()))
-            print(f"{name}: ray/local images/s = {s.images_per_second / local.images_per_second:.2f}, "
+            print(f"{name}: ray/local images/s = {s.images_per_second / local_ips:.2f}, "
                   f"max abs vector diff vs local = {diff:.2g}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -160,7 +160,7 @@ def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: I
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = ray_cfg.actors or (gpus if gpus else max(1, cpus // 2))
     summary.actors, summary.device = actors, "GPU" if gpus else "CPU"
-    size = ray_cfg.shard_size
+    size = manifest["shard_size"]  # the first run's, whatever this run asked for
     batch = cfg.embed.batch_size
     block = max(1, min(size, batch * ray_cfg.block_batches))
     blocks = []
