@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         local_before = run_local("local (before ray)")
 
         t = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         init_s = time.perf_counter() - t
         print(f"ray   : cluster start {init_s:.1f} s", flush=True)

@@ -34,7 +34,7 @@ CFG = IndexJobCfg(backbone=BackboneCfg(name=TINY, device="cpu"), embed=EmbedCfg(
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running one
     ray.data.DataContext.get_current().enable_progress_bars = False
     # The test's crashing embedder is defined here, a module the workers cannot import.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -92,7 +92,12 @@ def connect(address: str | None = None) -> None:
     except ImportError as e:
         raise JobFailed("the Ray engine needs Ray: pip install 'imgembed[ray]'") from e
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise JobFailed(f"cannot join the Ray cluster at {address or '$RAY_ADDRESS'}: {e}. Give the address "
+                            "that `ray status` prints on a cluster node (or `auto` there), or leave "
+                            "--ray-address out to start a local cluster") from e
 
 
 def embed_to_shards(root: str | Path, shards_dir: str | Path, cfg: IndexJobCfg, ray_cfg: RayCfg | None = None,
