@@ -180,10 +180,11 @@ def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: I
     ds = ds.map_batches(decode_batch, batch_size=batch, num_cpus=ray_cfg.decode_cpus,
                         ray_remote_args_fn=partial(dict, max_retries=ray_cfg.decode_retries),
                         fn_kwargs={"root": os.fsencode(root), "pre": embedder.preprocess, "cfg": cfg.reader})
+    threads = ray_cfg.actor_threads or max(1, int(ray_cfg.actor_cpus))
     ds = ds.map_batches(
         EmbedActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"embedder": embedder, "device": "cuda" if gpus else "cpu",
-                               "precision": cfg.backbone.precision, "threads": ray_cfg.actor_threads or max(1, int(ray_cfg.actor_cpus))},
+                               "precision": cfg.backbone.precision, "threads": threads},
         num_gpus=1 if gpus else None, num_cpus=None if gpus else ray_cfg.actor_cpus)
 
     assembler = shards.ShardAssembler(out, size, manifest["files"], embedder.dim)
