@@ -1,4 +1,4 @@
-"""Command line: ``imgembed index | search | info | eval``. Parses, calls the library, prints."""
+"""Command line: ``imgembed index | search | info | eval | verify``. Parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=EmbedCfg.workers, help="decode processes (-1: one per core)")
     p.add_argument("--max-pixels", type=int, default=ReaderCfg.max_pixels,
                    help="refuse images declaring more pixels than this (decompression bombs)")
+    p.add_argument("--max-bytes", type=int, default=ReaderCfg.max_bytes, help="skip files larger than this")
 
 
 def _reader_cfg(a: argparse.Namespace) -> ReaderCfg:
-    return ReaderCfg(max_pixels=a.max_pixels)
+    return ReaderCfg(max_pixels=a.max_pixels, max_bytes=a.max_bytes)
 
 
 def _backbone_cfg(a: argparse.Namespace) -> BackboneCfg:
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"])
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
+                   help="commit embedded vectors this often (a crash loses at most this many)")
     _add_ray_args(p)
 
     p = sub.add_parser("search", help="find the photos most similar to an image (or a text, with CLIP)")
@@ -85,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", help="evaluate through this projection head")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("verify", help="check an index for consistency; --repair fixes it without re-embedding")
+    _add_index_arg(p)
+    p.add_argument("--repair", action="store_true", help="rebuild the vectors file from the stored vectors")
+    p.add_argument("--drop-missing", action="store_true", help="with --repair: drop entries of vanished files")
+    p.add_argument("--wait", action="store_true", help="wait for a running writer instead of failing")
     _add_build_index_parser(sub)
     return parser
 
@@ -120,6 +129,7 @@ def cmd_index(a: argparse.Namespace) -> int:
     cfg = IndexJobCfg(
         backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
         reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+        commit_every=a.commit_every,
     )
     update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1")
     try:
@@ -191,6 +201,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(a: argparse.Namespace) -> int:
+    from imgembed.verify import repair, verify
+
+    report = repair(a.index, a.drop_missing, a.wait) if a.repair else verify(a.index)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+
 # ---- scale-out: the Ray engine and building an index from embedding shards
 
 
@@ -253,7 +272,7 @@ def cmd_build_index(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval, "verify": cmd_verify,
             "build-index": cmd_build_index}
 
 

@@ -39,34 +39,39 @@ def abspath(root: str | Path, relpath: bytes) -> bytes:
 def scan(root: str | Path, cfg: ReaderCfg) -> ScanResult:
     """All image files under ``root`` with their size and mtime, sorted by path.
 
-    Directory symlinks are not followed (they can loop or leave the root). A file symlink is
-    followed when ``cfg.follow_symlinks`` and it resolves inside the root; otherwise it is skipped
-    with a reason. Unreadable directories are skipped with a reason.
+    Directory symlinks are not followed (they can loop or leave the root); each is reported. A file
+    symlink is followed when ``cfg.follow_symlinks`` and it resolves inside the root; otherwise it is
+    skipped with a reason. Unreadable directories and files that cannot be stat'ed (symlink loops,
+    paths too long for the OS) are skipped with a reason. Names that are not images cost no ``stat``.
     """
     root_b = os.fsencode(os.path.abspath(root))
     real_root = os.path.realpath(root_b)
     exts = tuple(e.encode() for e in cfg.extensions)
     files: list[FileEntry] = []
     skipped: list[tuple[bytes, str]] = []
-    stack = [root_b]
+    stack: list[tuple[bytes, bytes]] = [(root_b, b"")]  # (absolute path, path relative to root)
     while stack:
-        d = stack.pop()
+        d, d_rel = stack.pop()
         try:
             it = os.scandir(d)
         except OSError as e:
-            skipped.append((os.path.relpath(d, root_b), f"cannot list folder: {e.strerror}"))
+            skipped.append((d_rel or b".", f"cannot list folder: {e.strerror or e}"))
             continue
         with it:
             for entry in it:
-                rel = os.path.relpath(entry.path, root_b)
+                rel = d_rel + b"/" + entry.name if d_rel else entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if not entry.name.startswith(b"."):
-                            stack.append(entry.path)
+                            stack.append((entry.path, rel))
                         continue
-                    if not entry.name.lower().endswith(exts):
-                        continue
+                    is_image = entry.name.lower().endswith(exts)
                     if entry.is_symlink():
+                        if not is_image:
+                            if _is_dir(entry):
+                                skipped.append((rel, "symlink to a folder, not followed (it could loop or leave "
+                                                     "the indexed folder); index its target directly"))
+                            continue
                         if not cfg.follow_symlinks:
                             skipped.append((rel, "symlink (not followed; see ReaderCfg.follow_symlinks)"))
                             continue
@@ -74,6 +79,8 @@ def scan(root: str | Path, cfg: ReaderCfg) -> ScanResult:
                         if os.path.commonpath([target, real_root]) != real_root:
                             skipped.append((rel, "symlink points outside the indexed folder"))
                             continue
+                    elif not is_image:
+                        continue
                     st = entry.stat(follow_symlinks=True)
                 except OSError as e:
                     skipped.append((rel, f"cannot stat: {e.strerror or e}"))
@@ -83,6 +90,13 @@ def scan(root: str | Path, cfg: ReaderCfg) -> ScanResult:
                 files.append(FileEntry(rel, st.st_size, st.st_mtime_ns))
     files.sort()
     return ScanResult(files, skipped)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:  # a symlink loop or a dangling link is no folder
+        return False
 
 
 def iter_image_paths(root: str | Path, cfg: ReaderCfg) -> Iterator[tuple[bytes, bytes]]:

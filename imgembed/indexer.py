@@ -145,7 +145,7 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     for batch in batches:
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))
-            logger.warning("skipped %s: %s", fs.display(rel), reason)
+            logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
         if batch.keys:
             vecs.append(embedder.embed(batch.pixels))
             for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from struct import error as struct_error
 from typing import NamedTuple
@@ -26,6 +27,9 @@ _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BIL
 class ImageSkipped(Exception):
     """The file is not a usable image. ``str(e)`` is one line: the reason (and the option)."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(str(reason).split())[:500])  # decoder messages may span lines
+
 
 class Decoded(NamedTuple):
     pixels: torch.Tensor  # uint8 (3, size, size)
@@ -38,11 +42,27 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _open_regular(path: str | bytes):
+    """Open a regular file for reading. A FIFO or device swapped in after the scan would block or
+    never end, so the file is opened non-blocking and checked before any read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageSkipped("not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def hash_file(path: str | bytes, cfg: ReaderCfg) -> str:
     """Content hash of a file, streamed. Raises ImageSkipped when it cannot be read."""
     h = hashlib.blake2b(digest_size=16)
     try:
-        with open(path, "rb") as f:
+        f, _ = _open_regular(path)
+        with f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except OSError as e:
@@ -52,24 +72,35 @@ def hash_file(path: str | bytes, cfg: ReaderCfg) -> str:
 
 def read_bytes(path: str | bytes, cfg: ReaderCfg) -> bytes:
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f, size = _open_regular(path)
+        with f:
             if size == 0:
                 raise ImageSkipped("empty file (0 bytes)")
             if size > cfg.max_bytes:
                 raise ImageSkipped(
                     f"file is {size / 2**20:.0f} MiB, above the {cfg.max_bytes / 2**20:.0f} MiB limit (--max-bytes)")
-            return f.read()
+            return f.read(cfg.max_bytes + 1)  # bounded even if the file grows meanwhile
     except OSError as e:
         raise ImageSkipped(f"cannot read: {e.strerror or e}") from e
 
 
 def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image:
-    """Decode bytes into an upright RGB image, refusing bombs and broken files."""
+    """Decode bytes into an upright RGB image, refusing bombs and broken files.
+
+    Raises ImageSkipped and nothing else for any input bytes (the fuzz test holds it to that).
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and cfg.max_pixels > Image.MAX_IMAGE_PIXELS:
+        # The user raised --max-pixels above Pillow's own bomb limit: let our check decide.
+        Image.MAX_IMAGE_PIXELS = cfg.max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: the checks here decide
+            try:
+                im = Image.open(io.BytesIO(data))
+            except Image.DecompressionBombError:  # Pillow's own limit; say it in our terms
+                im = _by_plugin(data)
+                if not isinstance(im, Image.Image):
+                    raise
             w, h = im.size
             if w * h > cfg.max_pixels:
                 raise ImageSkipped(
@@ -87,9 +118,32 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
     except Image.DecompressionBombError as e:
         raise ImageSkipped(f"{e} (--max-pixels)") from e
     except Image.UnidentifiedImageError as e:
+        why = _by_plugin(data)
+        if isinstance(why, Exception):  # a known signature whose decoder refused the file
+            raise ImageSkipped(f"broken image: {why}") from e
         raise ImageSkipped("not an image (format not recognised)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct_error) as e:
         raise ImageSkipped(f"broken image: {e}") from e
+    except MemoryError as e:
+        raise ImageSkipped("broken image: decoding ran out of memory (--max-pixels)") from e
+    except Exception as e:  # Pillow's plugins raise many types on hostile bytes; one file never stops a run
+        raise ImageSkipped(f"broken image: {type(e).__name__}: {e}") from e
+
+
+def _by_plugin(data: bytes) -> Image.Image | Exception | None:
+    """Open ``data`` with the Pillow plugin whose signature it carries, without Pillow's generic
+    wrapping: the image (header read only), the plugin's own error, or None for no signature."""
+    Image.init()
+    for fmt, (factory, accept) in Image.OPEN.items():
+        try:
+            if accept is None or not accept(data[:16]):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return factory(io.BytesIO(data), "")
+        except Exception as e:
+            return ValueError(f"{fmt}: {e}")
+    return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -108,30 +162,52 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+# Beyond this aspect ratio the full resize would be far larger than the crop kept from it.
+_MAX_RESIZE_RATIO = 4
+
+
 def to_tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize the shorter side to ``pre.resize``, centre-crop ``pre.size``: uint8 (3, size, size)."""
     w, h = im.size
     scale = pre.resize / min(w, h)
     nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))
-    im = im.resize((nw, nh), _INTERP[pre.interpolation], reducing_gap=3.0)
     left, top = (nw - pre.size) // 2, (nh - pre.size) // 2
-    im = im.crop((left, top, left + pre.size, top + pre.size))
+    if max(nw, nh) > _MAX_RESIZE_RATIO * max(pre.size, pre.resize):
+        # A 1 x 60000 strip would resize to 64 x 3.8M pixels first: resample only the kept box.
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + pre.size) * sx, (top + pre.size) * sy)
+        im = im.resize((pre.size, pre.size), _INTERP[pre.interpolation], box=box, reducing_gap=3.0)
+    else:
+        im = im.resize((nw, nh), _INTERP[pre.interpolation], reducing_gap=3.0)
+        im = im.crop((left, top, left + pre.size, top + pre.size))
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg) -> Decoded:
-    """Read, hash and decode one file. Raises ImageSkipped with the reason."""
+    """Read, hash and decode one file. Raises ImageSkipped with the reason, and nothing else."""
     data = read_bytes(path, cfg)
     im = open_image(data, cfg, draft_to=pre.resize)
     w, h = _original_size(data, im)
-    return Decoded(to_tensor(im, pre), w, h, content_hash(data))
+    return Decoded(_tensor(im, pre), w, h, content_hash(data))
+
+
+def _tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
+    try:
+        return to_tensor(im, pre)
+    except (MemoryError, ValueError, OSError) as e:
+        raise ImageSkipped(f"cannot resize {im.size[0]}x{im.size[1]} image: {type(e).__name__}: {e}") from e
 
 
 def _original_size(data: bytes, upright: Image.Image) -> tuple[int, int]:
     """Width and height of the photo as shown (after EXIF rotation, before any draft scaling)."""
-    with Image.open(io.BytesIO(data)) as raw:
-        w, h = raw.size
-        orientation = raw.getexif().get(0x0112, 1) if hasattr(raw, "getexif") else 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as raw:
+                w, h = raw.size
+                orientation = raw.getexif().get(0x0112, 1) if hasattr(raw, "getexif") else 1
+    except Exception:  # the image decoded once already; its metadata is only used for display sizes
+        return upright.size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -141,4 +217,4 @@ def decode_query(data: bytes, pre: Preprocess, cfg: ReaderCfg) -> torch.Tensor:
         raise ImageSkipped("empty file (0 bytes)")
     if len(data) > cfg.max_bytes:
         raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MiB, above the {cfg.max_bytes / 2**20:.0f} MiB limit")
-    return to_tensor(open_image(data, cfg, draft_to=pre.resize), pre)[None]
+    return _tensor(open_image(data, cfg, draft_to=pre.resize), pre)[None]

@@ -79,16 +79,12 @@ class Searcher:
             raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
         if k < 1:
             raise ValueError("k must be at least 1")
-        self.snapshot.refresh()
-        for _ in range(3):
+        with self.snapshot.read():  # the FAISS ids and the rows they name: one generation
             if self.snapshot.index is None or self.snapshot.count == 0:
                 return [[] for _ in queries]
             extra = len(exclude) if exclude else 0
             scores, ids = vector_index.search(self.snapshot.index, queries, k + extra)
             rows = self.snapshot.rows(ids[ids >= 0].tolist())
-            if all(int(i) in rows for i in ids[ids >= 0]):
-                break
-            self.snapshot.refresh()  # rows purged by a newer generation: search that one instead
         out = []
         for srow, irow in zip(scores, ids):
             hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)])

@@ -25,8 +25,10 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -123,14 +125,14 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise StoreError(f"no index at {index_dir} (no {MANIFEST}); build one with: imgembed index FOLDER --index {index_dir}")
     try:
         m = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise StoreError(f"{path} is not valid JSON ({e}); rebuild the index") from e
     problems = []
     if not isinstance(m, dict):
         raise StoreError(f"{path}: expected a JSON object")
     if m.get("format_version") != FORMAT_VERSION:
         problems.append(f"format_version is {m.get('format_version')!r}, this imgembed reads {FORMAT_VERSION}")
-    if not isinstance(m.get("dim"), int) or not 0 < m["dim"] <= 65536:
+    if type(m.get("dim")) is not int or not 0 < m["dim"] <= 65536:
         problems.append(f"dim must be a positive integer, got {m.get('dim')!r}")
     if not isinstance(m.get("backbone"), str) or not m.get("backbone"):
         problems.append("backbone must be a non-empty string")
@@ -138,8 +140,19 @@ def read_manifest(index_dir: str | Path) -> dict:
         problems.append(f"metric must be 'cosine', got {m.get('metric')!r}")
     if not isinstance(m.get("preprocess"), dict):
         problems.append("preprocess must be an object")
-    if not isinstance(m.get("index_cfg", {}), dict):
+    cfg = m.get("index_cfg", {})
+    if not isinstance(cfg, dict):
         problems.append("index_cfg must be an object")
+    else:
+        known = {f.name: type(f.default) for f in fields(IndexCfg)}
+        bad = [k for k, v in cfg.items() if k not in known or type(v) is not known[k]]
+        if bad:
+            problems.append(f"index_cfg has unknown or mistyped keys: {', '.join(map(str, bad))}")
+    if m.get("head") not in (None, "head.safetensors"):
+        # The head is loaded from the index folder only; a manifest never names another path.
+        problems.append(f"head must be null or 'head.safetensors', got {m.get('head')!r}")
+    if not isinstance(m.get("head_fingerprint"), (str, type(None))):
+        problems.append("head_fingerprint must be a string or null")
     if problems:
         raise StoreError(f"{path} is not a valid imgembed manifest: " + "; ".join(problems))
     return m
@@ -166,14 +179,50 @@ def check_identity(manifest: dict, identity: dict, index_dir: str | Path) -> Non
 def _connect(index_dir: Path, readonly: bool = False) -> sqlite3.Connection:
     path = index_dir / DB
     if readonly:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None,
-                              check_same_thread=False)
+        con = _connect_ro(path)
     else:
         con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA foreign_keys=ON")
     return con
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    uri = f"file:{_uri_path(path)}?mode=ro"
+    con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.DatabaseError as e:
+        con.close()
+        # A WAL database in a folder nobody may write to: SQLite cannot create its shared-memory
+        # file. No writer can exist there either, so the file is immutable as far as we can tell.
+        if path.is_file() and not os.access(path.parent, os.W_OK):
+            con = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return con
+            except sqlite3.DatabaseError:
+                con.close()
+        raise StoreError(f"cannot open {path}: {e}; run imgembed verify, or rebuild the index") from e
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.absolute()), safe="/")
+
+
+@contextmanager
+def _writing(path: Path):
+    """SQLite failures while writing (disk full, read-only folder, I/O error) as a StoreError."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise StoreError(
+            f"cannot write {path}: {e}. Free disk space or make the folder writable, then run again; "
+            "the last published index is unchanged and the work committed so far is kept") from e
 
 
 def _migrate(con: sqlite3.Connection) -> None:
@@ -207,8 +256,9 @@ _ROW_SQL = ("SELECT f.id, r.path, f.relpath, f.size, f.mtime_ns, f.hash, f.width
 class StoreWriter:
     """The one process allowed to change an index. Use as a context manager (releases the lock)."""
 
-    def __init__(self, index_dir: str | Path, identity: dict, index_cfg: IndexCfg,
+    def __init__(self, index_dir: str | Path, identity: dict | None, index_cfg: IndexCfg,
                  head_files: Iterable[Path] = (), wait: bool = False) -> None:
+        """``identity=None`` opens an existing index for maintenance (verify --repair) whatever made it."""
         self.dir = Path(index_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -216,10 +266,22 @@ class StoreWriter:
             raise StoreError(f"cannot create index folder {self.dir}: {e.strerror}") from e
         self._lock_fd = self._take_lock(wait)
         try:
-            if (self.dir / MANIFEST).exists():
+            exists = (self.dir / MANIFEST).exists()
+            if exists:
                 self.manifest = read_manifest(self.dir)
-                check_identity(self.manifest, identity, self.dir)
-            else:
+                if identity is not None:
+                    check_identity(self.manifest, identity, self.dir)
+            elif identity is None:
+                raise StoreError(f"no index at {self.dir} (no {MANIFEST})")
+            with _writing(self.dir / DB):
+                # The database exists before the manifest that announces the index, so a crash
+                # between the two never leaves a manifest without metadata.
+                self.con = _connect(self.dir)
+                _migrate(self.con)
+                self.published = int(_meta(self.con, "generation"))
+                self.gen = self.published + 1  # the generation this writer is preparing
+                self._cleanup()
+            if not exists:
                 self.manifest = self._create(identity, index_cfg, list(head_files))
             self.index_cfg = from_dict(IndexCfg, self.manifest.get("index_cfg", {}))
             if index_cfg.index_type != "auto" and index_cfg.index_type != self.index_cfg.index_type:
@@ -227,11 +289,6 @@ class StoreWriter:
                 self.manifest["index_cfg"] = asdict(self.index_cfg)
                 self._write_manifest(self.manifest)
             self.dim = int(self.manifest["dim"])
-            self.con = _connect(self.dir)
-            _migrate(self.con)
-            self.published = int(_meta(self.con, "generation"))
-            self.gen = self.published + 1  # the generation this writer is preparing
-            self._cleanup()
         except BaseException:
             self.close()
             raise
@@ -243,7 +300,8 @@ class StoreWriter:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"cannot write to index folder {self.dir}: {e.strerror}") from e
+            raise StoreError(f"cannot write to index folder {self.dir}: {e.strerror}; make it writable "
+                             "or use another --index (searching the existing index still works)") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
@@ -260,8 +318,11 @@ class StoreWriter:
         return fd
 
     def _create(self, identity: dict, index_cfg: IndexCfg, head_files: list[Path]) -> dict:
-        for src in head_files:
-            shutil.copyfile(src, self.dir / ("head" + src.suffix))
+        try:
+            for src in head_files:
+                shutil.copyfile(src, self.dir / ("head" + src.suffix))
+        except OSError as e:
+            raise StoreError(f"cannot copy the head into {self.dir}: {e.strerror or e}") from e
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_at": time.time(),
@@ -310,7 +371,8 @@ class StoreWriter:
 
     def root_id(self, root: str | Path) -> int:
         path = os.fsencode(os.path.abspath(root))
-        self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
+        with _writing(self.dir / DB):
+            self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
         return self.con.execute("SELECT id FROM roots WHERE path=?", (path,)).fetchone()[0]
 
     def live_files(self, root_id: int) -> dict[bytes, tuple[int, int, int, str]]:
@@ -368,14 +430,21 @@ class StoreWriter:
     def _tx(self):
         con = self.con
 
-        class _Tx:
-            def __enter__(self_):
+        db = self.dir / DB
+
+        @contextmanager
+        def tx():
+            with _writing(db):
                 con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
 
-            def __exit__(self_, exc_type, *_):
-                con.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+        return tx()
 
     # -- publishing
 
@@ -415,14 +484,17 @@ class StoreWriter:
     def count(self, gen: int) -> int:
         return self.con.execute(f"SELECT count(*) FROM files WHERE {_visible()}", (gen, gen)).fetchone()[0]
 
-    def publish(self) -> PublishStats:
-        """Make everything recorded since the last publish searchable, atomically."""
+    def publish(self, rebuild: bool = False) -> PublishStats:
+        """Make everything recorded since the last publish searchable, atomically.
+
+        ``rebuild`` builds the FAISS index afresh from the vectors in SQLite (verify --repair).
+        """
         removed, added = self._pending()
         total = self.count(self.gen)
         kind = vector_index.choose_type(self.index_cfg, total)
         old_path = self.dir / faiss_name(self.published)
         old_kind = _meta(self.con, "index_type")
-        rebuild = (not old_path.exists() or kind != old_kind
+        rebuild = (rebuild or not old_path.exists() or kind != old_kind
                    or (len(removed) and not vector_index.supports_remove(kind)))
         if not rebuild and not len(removed) and not len(added):
             return PublishStats(self.published, kind, 0, 0, total, False)
@@ -430,7 +502,10 @@ class StoreWriter:
             train = self._sample(self.gen, 100_000) if kind == "ivfpq" else None
             index = vector_index.build(kind, self.dim, self.index_cfg, self._all_vectors(self.gen), train)
         else:
-            index = faiss.read_index(str(old_path))
+            try:
+                index = faiss.read_index(str(old_path))
+            except RuntimeError as e:
+                raise StoreError(f"cannot read {old_path} ({e}); run imgembed verify --repair") from e
             vector_index.remove(index, removed)
             for ids, vecs in self.vectors_for(added):
                 vector_index.add(index, ids, vecs)
@@ -442,7 +517,8 @@ class StoreWriter:
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
-            if len(removed):
+            if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
+                # Also entries added and dropped within this generation (by an interrupted run).
                 self.con.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
         old_path.unlink(missing_ok=True)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild))
@@ -469,7 +545,11 @@ class StoreWriter:
 
 
 class Snapshot:
-    """One published generation of an index, loaded for search. Thread-safe for reads."""
+    """One published generation of an index, loaded for search. Thread-safe for reads.
+
+    Every search should run inside :meth:`read`, which pins one generation: the FAISS index and the
+    rows it names come from the same published state even while a writer publishes and purges.
+    """
 
     def __init__(self, index_dir: str | Path, mmap: bool = False) -> None:
         self.dir = Path(index_dir)
@@ -481,35 +561,78 @@ class Snapshot:
         self.generation = -1
         self.index: faiss.Index | None = None
         self.index_type = ""
+        self._lock = threading.RLock()
+        self._pinned = 0
         self.refresh()
 
     def current_generation(self) -> int:
-        return int(_meta(self.con, "generation") or 0)
+        try:
+            return int(_meta(self.con, "generation") or 0)
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise StoreError(f"cannot read {self.dir / DB}: {e}; run imgembed verify") from e
 
     def refresh(self) -> bool:
         """Load the newest published generation if it changed. Returns True when it did."""
-        for _ in range(5):
-            gen = self.current_generation()
-            if gen == self.generation:
-                return False
-            if gen == 0:
-                self.generation, self.index, self.index_type = 0, None, ""
-                return True
-            path = self.dir / faiss_name(gen)
-            try:
-                flags = faiss.IO_FLAG_MMAP if self.mmap else 0
-                index = faiss.read_index(str(path), flags) if flags else faiss.read_index(str(path))
-            except RuntimeError:
-                if not path.exists():  # a writer published a newer generation meanwhile
-                    time.sleep(0.05)
-                    continue
-                raise StoreError(f"cannot read {path}; run imgembed verify --repair")
-            if index.d != self.manifest["dim"]:
-                raise StoreError(f"{path} holds {index.d}-d vectors but the manifest says {self.manifest['dim']}")
-            self.generation, self.index = gen, index
-            self.index_type = _meta(self.con, "index_type")
+        with self._lock:
+            for _ in range(20):
+                gen = self.current_generation()
+                if gen == self.generation:
+                    return False
+                if self._load(gen):
+                    return True
+                time.sleep(0.05)  # a writer published a newer generation meanwhile
+            raise StoreError(f"index {self.dir} keeps changing; try again")
+
+    @contextmanager
+    def read(self) -> Iterator["Snapshot"]:
+        """Pin the newest generation for a consistent set of reads (one SQLite read transaction).
+
+        Keep the block short: while it is open the writer's log cannot be folded back.
+        """
+        with self._lock:
+            if self._pinned:  # nested: already pinned
+                yield self
+                return
+            for _ in range(20):
+                self.con.execute("BEGIN")
+                try:
+                    gen = self.current_generation()
+                    if gen == self.generation or self._load(gen):
+                        self._pinned += 1
+                        try:
+                            yield self
+                        finally:
+                            self._pinned -= 1
+                        return
+                finally:
+                    self.con.execute("COMMIT")
+                time.sleep(0.05)
+            raise StoreError(f"index {self.dir} keeps changing; try again")
+
+    def _load(self, gen: int) -> bool:
+        """Load generation ``gen``; False when its file is gone (a newer one replaced it)."""
+        if gen == 0:
+            self.generation, self.index, self.index_type = 0, None, ""
             return True
-        raise StoreError(f"index {self.dir} keeps changing; try again")
+        path = self.dir / faiss_name(gen)
+        try:
+            flags = faiss.IO_FLAG_MMAP if self.mmap else 0
+            index = faiss.read_index(str(path), flags) if flags else faiss.read_index(str(path))
+        except RuntimeError as e:
+            if not path.exists():
+                return False
+            raise StoreError(f"cannot read {path} ({e}); run imgembed verify --repair") from e
+        if index.d != self.manifest["dim"]:
+            raise StoreError(f"{path} holds {index.d}-d vectors but the manifest says {self.manifest['dim']}; "
+                             "run imgembed verify --repair")
+        self.generation, self.index = gen, index
+        self.index_type = _meta(self.con, "index_type")
+        return True
+
+    def visible_ids(self) -> np.ndarray:
+        """Ids of the rows visible in this snapshot's generation (int64, sorted)."""
+        cur = self.con.execute(f"SELECT id FROM files WHERE {_visible(str(self.generation))} ORDER BY id")
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
     @property
     def count(self) -> int:

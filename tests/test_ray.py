@@ -120,6 +120,7 @@ def test_index_from_shards_answers_like_local(ray_run, folder, local, capsys):
         assert ha[0].path == str(q)
     assert main(["search", str(folder / "c1" / "img0004.jpg"), "--index", str(d / "ix"), "-k", "1"]) == 0
     assert "img0004.jpg" in capsys.readouterr().out
+    assert main(["verify", "--index", str(d / "ix")]) == 0, capsys.readouterr().out
 
 
 class CrashOnce(Embedder):

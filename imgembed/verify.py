@@ -1,0 +1,267 @@
+"""Checking an index for consistency, and repairing what can be repaired without re-embedding.
+
+Checks: the manifest is valid; SQLite passes its integrity check; the FAISS file of the published
+generation exists, has the manifest's dimension, holds exactly as many vectors as there are visible
+rows and exactly their ids; every live row has a stored vector of the right size; recorded files
+still exist. Leftovers of an interrupted run (unpublished rows and files) are reported as notes:
+they are expected after a crash and the next ``index`` run uses or removes them.
+
+Repair takes the write lock and publishes a new generation whose FAISS file is rebuilt from the
+vectors stored in SQLite. Rows that have no usable vector are dropped (the next ``index`` run embeds
+those files again); rows of vanished files are dropped only when asked (``drop_missing``), since a
+folder on an unplugged drive looks vanished too; vanished files are a warning, not a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from imgembed import store, vector_index
+from imgembed.config import IndexCfg
+from imgembed.store import DB, StoreError, StoreWriter, faiss_name
+
+logger = logging.getLogger(__name__)
+
+ERROR, MISSING, NOTE = "error", "warning", "note"
+_SHOW = 5  # paths listed per finding
+
+
+@dataclass
+class Finding:
+    level: str  # ERROR: the index is inconsistent; MISSING: recorded files are gone; NOTE: expected state
+    what: str
+    repairable: bool = False
+
+
+@dataclass
+class VerifyReport:
+    index: str
+    generation: int = 0
+    faiss_count: int = 0
+    rows: int = 0  # rows visible in the published generation
+    findings: list[Finding] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """The index is consistent. Files deleted since the last run are a warning, not a failure:
+        the next index run drops them (and a folder on an unplugged drive looks the same)."""
+        return not any(f.level == ERROR for f in self.findings)
+
+    def lines(self) -> list[str]:
+        out = [f"index {self.index}: generation {self.generation}, {self.faiss_count} vectors, {self.rows} entries"]
+        out += [f"repaired: {r}" for r in self.repaired]
+        for f in self.findings:
+            hint = " (imgembed verify --repair fixes it)" if f.repairable and f.level == ERROR else ""
+            out.append(f"{f.level}: {f.what}{hint}")
+        out.append("ok" if self.ok else "FAILED")
+        return out
+
+
+class _Moved(Exception):
+    """A writer published a newer generation (and removed the old file) while we checked."""
+
+
+def verify(index_dir: str | Path, check_files: bool = True) -> VerifyReport:
+    """Check the index at ``index_dir``; never changes it. Safe while a writer runs."""
+    for _ in range(5):
+        try:
+            return _verify(Path(index_dir), check_files)
+        except _Moved:
+            continue
+    return _verify(Path(index_dir), check_files)
+
+
+def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
+    rep = VerifyReport(str(index_dir))
+    try:
+        manifest = store.read_manifest(index_dir)
+    except StoreError as e:
+        rep.findings.append(Finding(ERROR, str(e)))
+        return rep
+    if not (index_dir / DB).is_file():
+        rep.findings.append(Finding(ERROR, f"no {DB} beside the manifest; rebuild the index"))
+        return rep
+    try:
+        con = store._connect(index_dir, readonly=True)
+    except StoreError as e:
+        rep.findings.append(Finding(ERROR, str(e)))
+        return rep
+    try:
+        con.execute("BEGIN")  # one consistent view while a writer may be running
+        _check_db(con, index_dir, int(manifest["dim"]), rep, check_files)
+        con.execute("COMMIT")
+    except (sqlite3.DatabaseError, ValueError) as e:
+        rep.findings.append(Finding(ERROR, f"{index_dir / DB} cannot be read: {e}; rebuild the index"))
+    finally:
+        con.close()
+    return rep
+
+
+def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyReport, check_files: bool) -> None:
+    check = [r[0] for r in con.execute("PRAGMA quick_check")]
+    if check != ["ok"]:
+        rep.findings.append(Finding(ERROR, f"{DB} is damaged ({'; '.join(check[:3])}); rebuild the index"))
+        return
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(store.MIGRATIONS):
+        rep.findings.append(Finding(ERROR, f"schema version {version} is newer than this imgembed; upgrade it"))
+        return
+    gen = rep.generation = int(store._meta(con, "generation") or 0)
+    visible = store._visible(str(gen))
+    ids = np.fromiter((r[0] for r in con.execute(f"SELECT id FROM files WHERE {visible} ORDER BY id")), np.int64)
+    rep.rows = len(ids)
+
+    live = f"(removed_gen IS NULL OR removed_gen > {gen})"
+    no_vec = con.execute(f"SELECT count(*) FROM files f WHERE {live} AND NOT EXISTS "
+                         "(SELECT 1 FROM vectors v WHERE v.hash = f.hash)").fetchone()[0]
+    if no_vec:
+        rep.findings.append(Finding(ERROR, f"{no_vec} entries have no stored vector", True))
+    bad_vec, n_vec = con.execute("SELECT sum(length(vec) != ?), count(*) FROM vectors", (4 * dim,)).fetchone()
+    if bad_vec:
+        # When none fits, the manifest's dim is what is wrong: deleting every vector repairs nothing.
+        rep.findings.append(Finding(ERROR, f"{bad_vec} of {n_vec} stored vectors are not {dim}-d"
+                                           + ("" if bad_vec < n_vec else " (was the manifest edited?)"),
+                                    bad_vec < n_vec))
+
+    _check_faiss(con, index_dir, dim, gen, ids, rep)
+
+    orphans = con.execute("SELECT count(*) FROM vectors WHERE hash NOT IN "
+                          f"(SELECT hash FROM files WHERE {live})").fetchone()[0]
+    if orphans:
+        rep.findings.append(Finding(NOTE, f"{orphans} stored vectors belong to no entry; --repair deletes them"))
+    pending = con.execute(f"SELECT count(*) FROM files WHERE added_gen > {gen} AND removed_gen IS NULL").fetchone()[0]
+    if pending:
+        rep.findings.append(Finding(NOTE, f"{pending} entries committed by an unfinished run are not published "
+                                          "yet; the next index run publishes them"))
+    leftovers = sorted(p.name for p in index_dir.iterdir()
+                       if (p.name.startswith("vectors.") and p.name.endswith(".faiss") and p.name != faiss_name(gen))
+                       or (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if leftovers:
+        rep.findings.append(Finding(NOTE, f"files left by an interrupted run: {', '.join(leftovers[:_SHOW])}; "
+                                          "the next index run (or --repair) removes them"))
+    if check_files:
+        _check_files(con, visible, rep)
+
+
+def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep: VerifyReport) -> None:
+    if gen == 0:
+        if len(ids):
+            rep.findings.append(Finding(ERROR, f"{len(ids)} entries visible before anything was published", True))
+        return
+    path = index_dir / faiss_name(gen)
+    if not path.is_file():
+        _raise_if_moved(index_dir, gen)
+        rep.findings.append(Finding(ERROR, f"{path.name}, the published vectors, is missing", True))
+        return
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        _raise_if_moved(index_dir, gen)
+        rep.findings.append(Finding(ERROR, f"{path.name} cannot be read ({str(e).splitlines()[0]})", True))
+        return
+    rep.faiss_count = int(index.ntotal)
+    if index.d != dim:
+        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.d}-d vectors but the manifest says {dim}; "
+                                           "rebuild the index"))
+        return
+    if index.ntotal != len(ids):
+        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.ntotal} vectors but {len(ids)} entries "
+                                           "are visible", True))
+    try:
+        stored = vector_index.ids_of(index)
+    except (ValueError, RuntimeError) as e:
+        rep.findings.append(Finding(ERROR, f"{path.name}: cannot list its ids ({e})", True))
+        return
+    uniq = np.unique(stored)
+    if len(uniq) != len(stored):
+        rep.findings.append(Finding(ERROR, f"{path.name} holds {len(stored) - len(uniq)} duplicate ids", True))
+    extra, lost = np.setdiff1d(uniq, ids), np.setdiff1d(ids, uniq)
+    if len(extra) or len(lost):
+        rep.findings.append(Finding(ERROR, f"{path.name} and the metadata disagree: {len(extra)} ids without an "
+                                           f"entry, {len(lost)} entries without a vector", True))
+    kind = store._meta(con, "index_type")
+    try:
+        actual = vector_index.kind_of(index)
+    except ValueError as e:
+        rep.findings.append(Finding(ERROR, f"{path.name}: {e}", True))
+        return
+    if kind != actual:
+        rep.findings.append(Finding(NOTE, f"metadata says index type {kind!r}, {path.name} is {actual!r}; "
+                                          "the next publish rebuilds it"))
+
+
+def _raise_if_moved(index_dir: Path, gen: int) -> None:
+    con = store._connect(index_dir, readonly=True)
+    try:
+        if int(store._meta(con, "generation") or 0) != gen:
+            raise _Moved
+    finally:
+        con.close()
+
+
+def _check_files(con: sqlite3.Connection, visible: str, rep: VerifyReport) -> None:
+    missing: list[bytes] = []
+    roots_gone: set[bytes] = set()
+    sql = f"SELECT r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id WHERE {visible}"
+    for root, rel in con.execute(sql):
+        if not os.path.exists(os.path.join(root, rel)):
+            missing.append(os.path.join(root, rel))
+            if not os.path.isdir(root):
+                roots_gone.add(root)
+    if missing:
+        shown = ", ".join(p.decode("utf-8", "replace") for p in missing[:_SHOW])
+        more = f" and {len(missing) - _SHOW} more" if len(missing) > _SHOW else ""
+        why = (f"; folder {', '.join(r.decode('utf-8', 'replace') for r in sorted(roots_gone))} is missing "
+               "(an unplugged drive?)" if roots_gone else "")
+        rep.findings.append(Finding(MISSING, f"{len(missing)} recorded files no longer exist: {shown}{more}{why}. "
+                                             "Run imgembed index on their folder, or verify --repair --drop-missing",
+                                    True))
+
+
+def repair(index_dir: str | Path, drop_missing: bool = False, wait: bool = False) -> VerifyReport:
+    """Repair the index without re-embedding; returns a fresh verification with what was done.
+
+    Raises:
+        StoreError: another process is writing the index (pass ``wait``), or the index is beyond
+            repair (no valid manifest, damaged database): rebuild it with ``imgembed index``.
+    """
+    before = verify(index_dir, check_files=drop_missing)
+    if any(f.level == ERROR and not f.repairable for f in before.findings):
+        raise StoreError("cannot repair: " + "; ".join(f.what for f in before.findings if f.level == ERROR))
+    done: list[str] = []
+    with StoreWriter(index_dir, None, IndexCfg(), wait=wait) as w:  # its start removes leftover files
+        gen = w.published
+        with w._tx():
+            cur = w.con.execute("DELETE FROM vectors WHERE length(vec) != ?", (4 * w.dim,))
+            if cur.rowcount:
+                done.append(f"deleted {cur.rowcount} vectors of the wrong size")
+            cur = w.con.execute(
+                "UPDATE files SET removed_gen=? WHERE removed_gen IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM vectors v WHERE v.hash = files.hash)", (w.gen,))
+            if cur.rowcount:
+                done.append(f"dropped {cur.rowcount} entries without a vector (the next index run embeds them)")
+        if drop_missing:
+            gone = [(w.gen, i) for i, root, rel in w.con.execute(
+                "SELECT f.id, r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id "
+                "WHERE f.removed_gen IS NULL").fetchall() if not os.path.exists(os.path.join(root, rel))]
+            with w._tx():
+                w.con.executemany("UPDATE files SET removed_gen=? WHERE id=? AND removed_gen IS NULL", gone)
+            if gone:
+                done.append(f"dropped {len(gone)} entries of files that no longer exist")
+        if done or any(f.level == ERROR for f in before.findings):
+            stats = w.publish(rebuild=True)
+            done.append(f"rebuilt {faiss_name(stats.generation)} from the stored vectors "
+                        f"({stats.total} vectors, was generation {gen})")
+            with w._tx():
+                w.con.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
+    after = verify(index_dir)
+    after.repaired = done or ["nothing needed repair"]
+    return after
