@@ -1,4 +1,4 @@
-"""Command line: ``imgembed index | search | info | eval | verify``. Parses, calls the library, prints."""
+"""Command line: ``imgembed index | search | info | eval | verify | train-head``. Parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 from imgembed.backbones import BackboneError
 from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexCfg, IndexJobCfg, ReaderCfg
 from imgembed.head import HeadError
+from imgembed.losses import LOSSES
 from imgembed.reader import ImageSkipped
 from imgembed.store import StoreError
+from imgembed.train import TrainCfg
 
 logger = logging.getLogger("imgembed")
 
@@ -85,8 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", required=True)
     p.add_argument("--queries", required=True)
     _add_model_args(p)
-    p.add_argument("--head", help="evaluate through this projection head")
+    p.add_argument("--head", action="append", help="compare raw, PCA, PCA-whitened and this projection head "
+                   "(repeat for several heads)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--chart", help="with --head: also write the comparison as a PNG chart")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train-head", help="train a projection head on the photos of a folder")
+    p.add_argument("folder")
+    p.add_argument("--out", required=True, help="head file to write (HEAD.safetensors, HEAD.json, HEAD.png)")
+    p.add_argument("--dim", type=int, default=TrainCfg.dim, help="embedding dimension")
+    p.add_argument("--labels", default=TrainCfg.labels, choices=["folders", "none"],
+                   help="folders: sub-folder names are classes; none: self-supervised")
+    p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
+    p.add_argument("--loss", default=TrainCfg.loss, choices=sorted(LOSSES))
+    p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
+    p.add_argument("--epochs", type=int, default=TrainCfg.epochs, help="at most this many (early stopping)")
+    p.add_argument("--seed", type=int, default=TrainCfg.seed)
+    _add_model_args(p)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("verify", help="check an index for consistency; --repair fixes it without re-embedding")
@@ -181,7 +199,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from imgembed.embedder import Embedder
     from imgembed.evaluate import load_features, project, score
 
-    embedder = Embedder.from_cfg(_backbone_cfg(a), a.head)
+    if a.head:
+        return _eval_compare(a)
+    embedder = Embedder.from_cfg(_backbone_cfg(a))
     update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
     try:
         data = load_features(a.gallery, a.queries, embedder, _reader_cfg(a),
@@ -192,12 +212,89 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for path, reason in data.failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
-    name = "head" if a.head else f"{a.backbone} ({embedder.dim}-d)"
+    name = f"{a.backbone} ({embedder.dim}-d)"
     print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
     print(f"mAP {100 * m.mAP:.1f}  P@5 {100 * m.precision_at[5]:.1f}  "
           f"R@1 {100 * m.recall_at[1]:.1f}  R@5 {100 * m.recall_at[5]:.1f}  R@10 {100 * m.recall_at[10]:.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m.as_dict()}, indent=2))
+    return 0
+
+
+def _eval_compare(a: argparse.Namespace) -> int:
+    from imgembed.backbones import create_backbone
+    from imgembed.embedder import Embedder
+    from imgembed.evaluate import compare, format_table, load_features, plot_comparison
+    from imgembed.head import load_head, read_head_info
+
+    backbone = create_backbone(_backbone_cfg(a))
+    heads = []
+    for path in a.head:  # Embedder checks each head fits the backbone
+        head = Embedder(backbone, load_head(path), device="cpu").head
+        heads.append((f"head {read_head_info(path).get('method', '')} ({Path(path).stem})", head))
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    try:
+        data = load_features(a.gallery, a.queries, Embedder(backbone, device=a.device), _reader_cfg(a),
+                             EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+                             progress=lambda d, t: update("features", d, t))
+    finally:
+        close()
+    for path, reason in data.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    rows = compare(data, heads)
+    print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
+    print(format_table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"backbone": a.backbone, "gallery": a.gallery, "queries": a.queries,
+                                            "heads": a.head, "rows": rows}, indent=2))
+    if a.chart:
+        plot_comparison(rows, a.chart)
+    return 0
+
+
+def cmd_train_head(a: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from imgembed.embedder import Embedder
+    from imgembed.train import load_training_features, save_trained_head, train_head
+
+    cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed)
+    embedder = Embedder.from_cfg(_backbone_cfg(a))
+    show = not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1"
+    update, close = _tqdm_progress(show)
+    ecfg = EmbedCfg(batch_size=a.batch_size, workers=a.workers)
+    try:
+        x, y, failures = load_training_features(a.folder, a.labels, embedder, _reader_cfg(a), ecfg,
+                                                lambda d, t: update("features", d, t))
+        xv = yv = None
+        if a.val:
+            xv, yv, more = load_training_features(a.val, a.labels, embedder, _reader_cfg(a), ecfg,
+                                                  lambda d, t: update("validation features", d, t))
+            failures += more
+    finally:
+        close()
+    for path, reason in failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
+    t0 = time.perf_counter()
+
+    def on_epoch(rec: dict) -> None:
+        bar.update(rec["epoch"] - bar.n)
+        bar.set_postfix(val=f"{rec['val']:.4f}")
+
+    try:
+        result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch)
+    finally:
+        bar.close()
+    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()))
+    s = result.summary()
+    print(f"trained a {cfg.dim}-d {'supervised' if cfg.labels == 'folders' else 'self-supervised'} head on "
+          f"{s['n_train']} photos ({s['n_val']} for validation) in {time.perf_counter() - t0:.1f} s: "
+          f"kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
+          f"{result.history[0]['val']:.4f} -> {s['best_val']:.4f}")
+    print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0
 
 
@@ -272,8 +369,8 @@ def cmd_build_index(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval, "verify": cmd_verify,
-            "build-index": cmd_build_index}
+COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval,
+            "verify": cmd_verify, "train-head": cmd_train_head, "build-index": cmd_build_index}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from imgembed.config import EmbedCfg, ReaderCfg
 from imgembed.embedder import Embedder
 from imgembed.features import extract_features
 from imgembed.metrics import RetrievalMetrics, retrieval_metrics
+
+if TYPE_CHECKING:
+    from imgembed.head import ProjectionHead
 
 
 @dataclass
@@ -72,3 +75,74 @@ def score(q_vecs: np.ndarray, g_vecs: np.ndarray, data: LabelledFeatures,
 def project(embedder: Embedder, feats: np.ndarray) -> np.ndarray:
     """Raw features -> the embedder's unit vectors (through its head when it has one)."""
     return embedder.project(torch.from_numpy(feats)).cpu().numpy()
+
+
+# --- comparison table: raw features, PCA, PCA-whitening and trained heads -----------------------
+
+COMPARE_DIMS = (64, 128, 256)
+
+
+def compare(data: LabelledFeatures, heads: list[tuple[str, "ProjectionHead"]] = (),
+            dims: tuple[int, ...] = COMPARE_DIMS) -> list[dict]:
+    """One row per method and dimension on the same queries and gallery: mAP, R@1, R@10, bytes/vector.
+
+    Raw features are L2-normalised; PCA and PCA-whitening are fitted on the gallery's features (the
+    user's collection, no labels) at each of ``dims`` the gallery can support; each head is applied
+    as given. Vectors are float32, so a vector takes ``4 * dim`` bytes.
+    """
+    from imgembed.baselines import fit_pca, pca_basis, pca_rank
+
+    def row(method: str, q: np.ndarray, g: np.ndarray) -> dict:
+        m = score(q, g, data)
+        return {"method": method, "dim": int(q.shape[1]), "mAP": m.mAP, "R@1": m.recall_at[1],
+                "R@10": m.recall_at[10], "bytes": 4 * int(q.shape[1])}
+
+    def through(head, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return head(torch.from_numpy(x)).numpy()
+
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    rows = [row("raw", unit(data.q_feats), unit(data.g_feats))]
+    rank = pca_rank(len(data.g_feats), data.g_feats.shape[1])
+    fits = [d for d in dims if d <= rank and d < data.g_feats.shape[1]]
+    basis = pca_basis(data.g_feats, max(fits)) if fits else None
+    for whiten, name in ((False, "PCA"), (True, "PCA-whitened")):
+        for d in fits:
+            h = fit_pca(data.g_feats, d, whiten=whiten, basis=basis)
+            rows.append(row(name, through(h, data.q_feats), through(h, data.g_feats)))
+    for name, h in heads:
+        rows.append(row(name, through(h, data.q_feats), through(h, data.g_feats)))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max(len(r["method"]) for r in rows)
+    lines = [f"{'method':<{width}}  {'dim':>5}  {'mAP':>5}  {'R@1':>5}  {'R@10':>5}  {'bytes/vec':>9}"]
+    for r in rows:
+        lines.append(f"{r['method']:<{width}}  {r['dim']:>5}  {100 * r['mAP']:5.1f}  {100 * r['R@1']:5.1f}  "
+                     f"{100 * r['R@10']:5.1f}  {r['bytes']:>9}")
+    return "\n".join(lines)
+
+
+def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """PNG bar chart of mAP and R@1 per method and dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['method']}\n{r['dim']}-d" for r in rows]
+    xs = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5), dpi=100)
+    ax.bar(xs - 0.2, [100 * r["mAP"] for r in rows], 0.4, label="mAP")
+    ax.bar(xs + 0.2, [100 * r["R@1"] for r in rows], 0.4, label="R@1")
+    ax.set_xticks(xs, labels, fontsize=7, rotation=45, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title(title or "retrieval quality by method and dimension")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

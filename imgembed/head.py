@@ -87,6 +87,17 @@ def save_head(path: str | Path, head: ProjectionHead, extra: dict | None = None)
     return weights
 
 
+def read_head_info(path: str | Path) -> dict:
+    """The JSON written beside a head (config, fingerprint, and how it was made). Raises HeadError."""
+    meta = head_paths(path)[1]
+    try:
+        return json.loads(meta.read_text())
+    except FileNotFoundError as e:
+        raise HeadError(f"head not found: expected {meta} (made by `imgembed train-head`)") from e
+    except ValueError as e:
+        raise HeadError(f"{meta}: not a head config ({e})") from e
+
+
 def load_head(path: str | Path) -> ProjectionHead:
     """Load a head saved by :func:`save_head`. Raises HeadError with what to do."""
     from safetensors import SafetensorError

@@ -1,0 +1,177 @@
+"""Projection head: PCA baselines, training, saving, eval comparison, and indexes built with a head."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ASSETS, TINY
+from imgembed.backbones import create_backbone
+from imgembed.baselines import fit_pca, pca_basis
+from imgembed.cli import main
+from imgembed.config import BackboneCfg
+from imgembed.embedder import Embedder
+from imgembed.head import HeadCfg, HeadError, ProjectionHead, load_head, read_head_info, save_head
+from imgembed.metrics import retrieval_metrics
+from imgembed.search import Searcher
+from imgembed.store import StoreError
+from imgembed.train import TrainCfg, mean_average_precision, split_validation, train_head
+
+
+def clustered(n_per=30, n_cls=4, dim=48, seed=0, noise=1.0):
+    """Features of ``n_cls`` classes told apart in a few quiet dims; louder noise in the others."""
+    rng = np.random.default_rng(seed)
+    quiet = np.arange(dim) < 6
+    centres = rng.normal(0, 1, (n_cls, dim)) * quiet
+    labels = np.repeat(np.arange(n_cls), n_per)
+    x = centres[labels] + rng.normal(0, 1, (len(labels), dim)) * np.where(quiet, 0.3, 1.5 * noise) + 3.0
+    return x.astype(np.float32), np.array([f"c{i}" for i in labels])
+
+
+def test_fast_map_matches_reference():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(9, 40))
+    q, g = rng.integers(0, 3, 9), rng.integers(0, 3, 40)
+    assert mean_average_precision(sim, q, g) == pytest.approx(retrieval_metrics(sim, q, g).mAP, abs=1e-12)
+
+
+def test_pca_basis_matches_svd_and_completes_beyond_rank():
+    x, _ = clustered(n_per=10)
+    mean, comps, var = pca_basis(x, 8)
+    a = x / np.linalg.norm(x, axis=1, keepdims=True)
+    _, s, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
+    assert np.allclose(np.abs((comps * vt[:8]).sum(1)), 1, atol=1e-6)
+    assert np.allclose(var, s[:8] ** 2 / len(a), rtol=1e-6)
+    few = x[:5]  # 5 photos define 4 directions; 10 asked
+    _, comps, var = pca_basis(few, 10)
+    assert np.allclose(comps @ comps.T, np.eye(10), atol=1e-8) and np.all(var[4:] == 0)
+
+
+def test_pca_heads_project_and_whiten():
+    x, _ = clustered()
+    z = fit_pca(x, 8)(torch.from_numpy(x)).numpy()
+    assert z.shape == (len(x), 8) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    w = fit_pca(x, 8, whiten=True)
+    a = torch.nn.functional.normalize(torch.from_numpy(x), dim=1) - w.mean
+    assert np.allclose(np.var(w.proj(a).numpy(), axis=0), 1, atol=1e-3)  # unit variance before L2
+    with pytest.raises(ValueError, match="more than"):
+        fit_pca(x[:5], 8, whiten=True)
+
+
+def test_split_validation_is_stratified_and_seeded():
+    y = np.array(["a"] * 20 + ["b"] * 10 + ["c"] * 2)
+    tr, va = split_validation(len(y), y, 0.1, seed=3)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(len(y)))
+    assert [int((y[va] == c).sum()) for c in "abc"] == [2, 1, 1]
+    assert np.array_equal(va, split_validation(len(y), y, 0.1, seed=3)[1])
+
+
+def test_supervised_training_beats_its_pca_start_and_is_deterministic():
+    x, y = clustered(seed=1)
+    xv, yv = clustered(n_per=8, seed=1)
+    xv = xv[::-1].copy()
+    cfg = TrainCfg(dim=8, epochs=6, patience=6, batch_size=32, lr=1e-2)
+    seen = []
+    r = train_head(x, y, cfg, xv, yv[::-1], progress=seen.append)
+    assert len(seen) == len(r.history) and r.history[0]["loss"] is None
+    assert r.best_epoch > 0 and r.history[r.best_epoch]["val"] > r.history[0]["val"] + 0.05
+    again = train_head(x, y, cfg, xv, yv[::-1])
+    for k, v in r.head.state_dict().items():
+        assert torch.equal(v, again.head.state_dict()[k]), k
+    assert r.head(torch.from_numpy(x)).shape == (len(x), 8)
+
+
+def test_self_supervised_training_and_held_out_validation():
+    x, _ = clustered(n_per=40, seed=2)
+    r = train_head(x, None, TrainCfg(dim=8, labels="none", epochs=8, patience=2, batch_size=32, lr=1e-2))
+    assert r.n_val == 16 and r.n_train == 144 and r.extra["clusters"] == [3, 6, 12]
+    vals = [h["val"] for h in r.history]
+    assert r.best_epoch == int(np.argmax(vals))  # the kept head is the best-scoring epoch
+    assert len(vals) - 1 == min(8, r.best_epoch + 2)  # and training stopped 2 epochs after it
+    with pytest.raises(ValueError, match="one label per photo"):
+        train_head(x, None, TrainCfg(dim=8))
+
+
+def test_head_file_round_trip(tmp_path):
+    x, y = clustered()
+    r = train_head(x, y, TrainCfg(dim=8, epochs=2, hidden=16))
+    save_head(tmp_path / "h", r.head, extra={"method": "supervised"})
+    back = load_head(tmp_path / "h.safetensors")
+    assert back.fingerprint == r.head.fingerprint and read_head_info(tmp_path / "h")["method"] == "supervised"
+    assert torch.allclose(back(torch.from_numpy(x)), r.head(torch.from_numpy(x)))
+    (tmp_path / "h.json").write_text("{not json")
+    with pytest.raises(HeadError, match="not a head config"):
+        load_head(tmp_path / "h")
+
+
+def test_train_head_and_eval_comparison_cli(photos, tmp_path, capsys):
+    out = tmp_path / "heads" / "h"
+    args = ["--backbone", f"{TINY}:24", "--workers", "0", "--no-progress"]
+    assert main(["train-head", str(photos), "--out", str(out), "--dim", "8", "--epochs", "3", *args]) == 0
+    assert "supervised head" in capsys.readouterr().out
+    assert main(["train-head", str(photos), "--out", str(out) + "-ssl", "--dim", "16", "--labels", "none",
+                 "--epochs", "2", "--val", str(photos), *args]) == 0
+    assert "self-supervised head" in capsys.readouterr().out
+    for suffix in (".safetensors", ".json", ".png"):
+        assert out.with_suffix(suffix).stat().st_size > 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["method"] == "supervised" and info["train"]["dim"] == 8 and info["history"]
+    table, chart = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    assert main(["eval", "--gallery", str(photos), "--queries", str(photos), "--head", str(out),
+                 "--head", str(out) + "-ssl", "--json", str(table), "--chart", str(chart), *args]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(table.read_text())["rows"]
+    # 12 photos define 11 directions: PCA rows only where they apply (none of 64/128/256 here)
+    assert [(r["method"], r["dim"]) for r in rows] == [
+        ("raw", 24), ("head supervised (h)", 8), ("head self-supervised (h-ssl)", 16)]
+    assert rows[1]["bytes"] == 32 and all(0 <= r["mAP"] <= 1 for r in rows)
+    assert "head supervised (h)" in printed and chart.stat().st_size > 0
+    assert main(["eval", "--gallery", str(photos), "--queries", str(photos), "--head", str(out),
+                 "--workers", "0", "--backbone", TINY]) == 1
+    assert "the head takes 24-d features" in capsys.readouterr().err
+
+
+def _random_head(backbone, out_dim, seed):
+    torch.manual_seed(seed)
+    cfg = HeadCfg(in_dim=backbone.dim, out_dim=out_dim, backbone=backbone.spec,
+                  backbone_fingerprint=backbone.fingerprint)
+    return ProjectionHead(cfg).eval()
+
+
+def test_index_built_with_a_head_searches_in_its_space(photos, tmp_path, capsys):
+    backbone = create_backbone(BackboneCfg(name=TINY))
+    save_head(tmp_path / "h128", _random_head(backbone, 128, 0))
+    save_head(tmp_path / "other", _random_head(backbone, 128, 1))
+    ix = str(tmp_path / "ix")
+    common = ["--index", ix, "--backbone", TINY, "--workers", "0"]
+    assert main(["index", str(photos), *common, "--head", str(tmp_path / "h128")]) == 0
+    capsys.readouterr()
+    s = Searcher(ix)
+    assert s.info().dim == 128 and s.embedder.dim == 128 and s.snapshot.manifest["head"]
+    q = photos / "c1" / "img0004.jpg"
+    qvec = s.embed_image_bytes(q.read_bytes())
+    assert qvec.shape == (1, 128)
+    hits = s.search_image_file(q, 3)
+    assert hits[0].path.endswith("img0004.jpg") and hits[0].score > 0.999
+    # the same backbone through another head: refused, with what to do
+    other = Embedder(backbone, load_head(tmp_path / "other"), device="cpu")
+    with pytest.raises(StoreError, match="head_fingerprint"):
+        Searcher(ix, embedder=other)
+    assert main(["index", str(photos), *common, "--head", str(tmp_path / "other")]) == 1
+    assert "Use the same --backbone/--head" in capsys.readouterr().err
+    assert main(["index", str(photos), *common]) == 1  # no head at all
+    assert "head_fingerprint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_head_on_the_sample_photos(tmp_path, capsys):
+    """The real default backbone: a supervised head on 60 real photos beats the raw features."""
+    out = tmp_path / "h"
+    assert main(["train-head", str(ASSETS), "--out", str(out), "--dim", "32", "--no-progress"]) == 0
+    capsys.readouterr()
+    table = tmp_path / "cmp.json"
+    assert main(["eval", "--gallery", str(ASSETS), "--queries", str(ASSETS), "--head", str(out),
+                 "--json", str(table), "--no-progress"]) == 0
+    rows = {r["method"]: r for r in json.loads(table.read_text())["rows"]}
+    assert rows["head supervised (h)"]["mAP"] > rows["raw"]["mAP"]
