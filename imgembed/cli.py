@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
                    help="commit embedded vectors this often (a crash loses at most this many)")
+    _add_ray_args(p)
 
     p = sub.add_parser("search", help="find the photos most similar to an image (or a text, with CLIP)")
     p.add_argument("query", help="an image file, or text with --text")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="rebuild the vectors file from the stored vectors")
     p.add_argument("--drop-missing", action="store_true", help="with --repair: drop entries of vanished files")
     p.add_argument("--wait", action="store_true", help="wait for a running writer instead of failing")
+    _add_build_index_parser(sub)
     return parser
 
 
@@ -145,6 +147,11 @@ def _tqdm_progress(enabled: bool):
 
 def cmd_index(a: argparse.Namespace) -> int:
     from imgembed.indexer import index_folder
+
+    if a.engine == "ray":
+        return cmd_index_ray(a)
+    if a.shards_out or a.shards_only or a.ray_address:
+        raise ValueError("--shards-out, --shards-only and --ray-address go with --engine ray")
 
     cfg = IndexJobCfg(
         backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
@@ -308,8 +315,71 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+
+# ---- scale-out: the Ray engine and building an index from embedding shards
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (pip install 'imgembed[ray]')")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (default): this process; ray: a Ray Data job writing embedding shards")
+    g.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    g.add_argument("--shards-out", help="with --engine ray: folder for the shards; run again to resume")
+    g.add_argument("--shard-size", type=int, default=10_000, help="files per shard (the unit of resume)")
+    g.add_argument("--shards-only", action="store_true", help="write the shards but do not build --index")
+
+
+def _add_build_index_parser(sub) -> None:
+    b = sub.add_parser("build-index", help="build an index from embedding shards (imgembed index --engine ray)")
+    b.add_argument("--from-shards", required=True, metavar="DIR")
+    _add_index_arg(b)
+    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"])
+    b.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def cmd_index_ray(a: argparse.Namespace) -> int:
+    from imgembed.distributed.ray_job import JobFailed, RayCfg, embed_to_shards
+
+    if not a.shards_out:
+        raise ValueError("--engine ray needs --shards-out DIR (where the embedding shards go)")
+    cfg = IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+                      reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head)
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1")
+    try:
+        summary = embed_to_shards(a.folder, a.shards_out, cfg, RayCfg(address=a.ray_address, shard_size=a.shard_size),
+                                  progress=update)
+    except JobFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        close()
+    for path, reason in summary.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for line in summary.lines():
+        print(line)
+    if a.shards_only:
+        print(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
+        return 0
+    a.from_shards = a.shards_out
+    return cmd_build_index(a)
+
+
+def cmd_build_index(a: argparse.Namespace) -> int:
+    from imgembed.shards import build_index
+
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    try:
+        summary = build_index(a.from_shards, a.index, IndexCfg(index_type=a.index_type), progress=update, wait=a.wait)
+    finally:
+        close()
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
 COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval,
-            "verify": cmd_verify, "train-head": cmd_train_head}
+            "verify": cmd_verify, "train-head": cmd_train_head, "build-index": cmd_build_index}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never reach a model hub: set before any Hugging Face import reads it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import json
 from pathlib import Path
 
