@@ -16,6 +16,17 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def replace_synced(tmp: str | Path, path: str | Path) -> None:
+    """Move a fully written temporary file onto ``path`` durably: fsync it, rename, fsync the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

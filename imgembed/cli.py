@@ -145,6 +145,14 @@ def _tqdm_progress(enabled: bool):
     return update, close
 
 
+def _print_summary(summary) -> None:
+    """Skipped files on stderr (one line each), then the summary lines."""
+    for path, reason in summary.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for line in summary.lines():
+        print(line)
+
+
 def cmd_index(a: argparse.Namespace) -> int:
     from imgembed.indexer import index_folder
 
@@ -163,10 +171,7 @@ def cmd_index(a: argparse.Namespace) -> int:
         summary = index_folder(a.folder, a.index, cfg, progress=update, wait=a.wait)
     finally:
         close()
-    for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    for line in summary.lines():
-        print(line)
+    _print_summary(summary)
     return 0
 
 
@@ -354,10 +359,7 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
         return 1
     finally:
         close()
-    for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    for line in summary.lines():
-        print(line)
+    _print_summary(summary)
     if a.shards_only:
         print(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
         return 0

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from imgembed import fs
-from imgembed.atomic import atomic_write_json, fsync_dir
+from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg
 from imgembed.store import IDENTITY_KEYS, NewFile, PublishStats, StoreError, StoreWriter
 
@@ -142,13 +142,7 @@ def _atomic_parquet(table, path: Path) -> None:
     _, pq = _pa()
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_synced(tmp, path)
 
 
 # ---------------------------------------------------------------- assembling shards from rows

@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from imgembed import vector_index
-from imgembed.atomic import atomic_write_json, fsync_dir
+from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg, from_dict
 
 logger = logging.getLogger(__name__)
@@ -531,13 +531,7 @@ class StoreWriter:
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             faiss.write_index(index, str(tmp))
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(self.dir)
+            replace_synced(tmp, path)
         except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {path}: {e}; the previous index is unchanged") from e
