@@ -492,7 +492,13 @@ def _as_other_user() -> list[str]:
         return []
     if not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    probe = subprocess.run(prefix + [sys.executable, "-c", "import imgembed.cli"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/", timeout=120)
+    if probe.returncode != 0:
+        pytest.skip("the interpreter or the checkout is not readable by an unprivileged user "
+                    f"(put the venv and the clone outside private folders): {probe.stderr.strip()[-200:]}")
+    return prefix
 
 
 def test_read_only_index_folder(tmp_path):
