@@ -211,20 +211,12 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from imgembed.embedder import Embedder
-    from imgembed.evaluate import load_features, project, score
+    from imgembed.evaluate import project, score
 
     if a.head:
         return _eval_compare(a)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
-    try:
-        data = load_features(a.gallery, a.queries, embedder, _reader_cfg(a),
-                             EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                             progress=lambda d, t: update("features", d, t))
-    finally:
-        close()
-    for path, reason in data.failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    data = _eval_features(a, embedder)
     m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
     name = f"{a.backbone} ({embedder.dim}-d)"
     print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
@@ -235,10 +227,26 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_features(a: argparse.Namespace, embedder):
+    """Raw features of the gallery and queries (cached), with a progress bar; skipped files listed."""
+    from imgembed.evaluate import load_features
+
+    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    try:
+        data = load_features(a.gallery, a.queries, embedder, _reader_cfg(a),
+                             EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+                             progress=lambda d, t: update("features", d, t))
+    finally:
+        close()
+    for path, reason in data.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return data
+
+
 def _eval_compare(a: argparse.Namespace) -> int:
     from imgembed.backbones import create_backbone
     from imgembed.embedder import Embedder
-    from imgembed.evaluate import compare, format_table, load_features, plot_comparison
+    from imgembed.evaluate import compare, format_table, plot_comparison
     from imgembed.head import load_head, read_head_info
 
     backbone = create_backbone(_backbone_cfg(a))
@@ -246,15 +254,7 @@ def _eval_compare(a: argparse.Namespace) -> int:
     for path in a.head:  # Embedder checks each head fits the backbone
         head = Embedder(backbone, load_head(path), device="cpu").head
         heads.append((f"head {read_head_info(path).get('method', '')} ({Path(path).stem})", head))
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
-    try:
-        data = load_features(a.gallery, a.queries, Embedder(backbone, device=a.device), _reader_cfg(a),
-                             EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                             progress=lambda d, t: update("features", d, t))
-    finally:
-        close()
-    for path, reason in data.failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    data = _eval_features(a, Embedder(backbone, device=a.device))
     rows = compare(data, heads)
     print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
     print(format_table(rows))
