@@ -27,7 +27,7 @@ from imgembed.indexer import index_folder
 from imgembed.projection import grid_shape, pca_2d, snap_to_grid
 from imgembed.reader import ImageSkipped, open_image
 from imgembed.search import Hit, Searcher
-from imgembed.store import Row, StoreError
+from imgembed.store_format import Row, StoreError
 from imgembed.thumbnails import contact_map, fit, jpeg_bytes, thumbnail
 
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)

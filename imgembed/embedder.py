@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from imgembed.backbones import Backbone, create_backbone
-from imgembed.config import BackboneCfg
+from imgembed.config import COMPILE_MODES, BackboneCfg
 from imgembed.head import HeadError, ProjectionHead, load_head
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,34 @@ def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+# compile="auto" compiles a CNN backbone on a CPU from this many photos to embed. Measured with
+# EfficientNet-Lite0 on 2 cores (scripts/bench_pipeline.py): 43 against 28 images/s end to end,
+# after a one-off compilation of 33 s (5 s once torch's kernel cache holds it), so compiling pays
+# from about 2,500 photos. ViT backbones gain nothing there (ViT-B-32: 13.0 against 13.3), and on
+# a GPU the pipeline is bound by decoding, so neither is compiled unless asked.
+AUTO_COMPILE_MIN_IMAGES = 3000
+
+
+def compile_mode(value: str | bool) -> str:
+    """``"auto"``, ``"on"`` or ``"off"`` (``True``/``False`` from older configs are on/off)."""
+    mode = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    return mode
+
+
+def worth_compiling(device: torch.device, backbone: Backbone, n_images: int) -> bool:
+    """The ``compile="auto"`` rule: a CNN on a CPU with enough photos to repay the compilation."""
+    return device.type == "cpu" and backbone.convolutional and n_images >= AUTO_COMPILE_MIN_IMAGES
+
+
 class Embedder:
     """Turns uint8 image batches into L2-normalised float32 vectors of ``dim`` dimensions."""
 
     def __init__(self, backbone: Backbone, head: ProjectionHead | None = None,
-                 device: str = "auto", precision: str = "auto", compile: bool = False) -> None:
-        """``compile``: run the backbone through ``torch.compile`` (about 2x on a CPU for CNNs,
-        after a one-off compilation of tens of seconds: worth it for thousands of photos)."""
+                 device: str = "auto", precision: str = "auto", compile: str | bool = "off") -> None:
+        """``compile``: run the backbone through ``torch.compile``: "on", "off", or "auto" (decided
+        by :meth:`plan` from the number of photos; see :data:`AUTO_COMPILE_MIN_IMAGES`)."""
         if head is not None:
             if head.cfg.in_dim != backbone.dim:
                 raise HeadError(
@@ -53,20 +74,65 @@ class Embedder:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)
-        if self.device.type in ("cpu", "cuda"):  # NHWC: faster convolutions on both (no-op for ViTs)
+        # NHWC: faster convolutions on CPUs and GPUs; for ViTs only copies (ViT-B-32, 2 cores: 8% slower)
+        self._channels_last = self.device.type in ("cpu", "cuda") and backbone.convolutional
+        if self._channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.backbone, dynamic=False) if compile else self.backbone
-        self._fixed_batch = 0 if not compile else None  # compiled: pad to the first batch size
+        self.compile_mode = compile_mode(compile)
+        self._forward = self.backbone
+        self._fixed_batch = 0  # once compiled: every batch is padded to the first one's size
+        self._compile_tried = False  # the first compiled call either works or falls back
+        if self.compile_mode == "on":
+            self._compile()
         self.head = head.to(self.device) if head is not None else None
         pre = backbone.preprocess
         self._mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
 
     @classmethod
-    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: bool | None = None) -> "Embedder":
+    def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: str | bool | None = None) -> "Embedder":
         head = load_head(head_path) if head_path else None
         return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision,
                    compile=cfg.compile if compile is None else compile)
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward is not self.backbone
+
+    def plan(self, n_images: int) -> bool:
+        """Called before embedding ``n_images`` photos: with ``compile="auto"``, compile the
+        backbone when :func:`worth_compiling` says so. Returns whether it runs compiled."""
+        if self.compile_mode == "auto" and not self.compiled and not self._compile_tried \
+                and worth_compiling(self.device, self.backbone, n_images):
+            logger.info("compiling the model for %d photos (about 30 s, once; --compile off skips it)", n_images)
+            self._compile()
+        return self.compiled
+
+    def __getstate__(self) -> dict:  # sent to Ray actors: compiled code does not pickle; recompile there
+        state = dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._forward = self.backbone
+        if self.compile_mode == "on":
+            self._compile()
+
+    def _compile(self) -> None:
+        self._forward = torch.compile(self.backbone, dynamic=False)
+        self._fixed_batch = None
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.compiled or self._compile_tried:
+            return self._forward(x)
+        self._compile_tried = True
+        try:  # compilation happens in this first call
+            return self._forward(x)
+        except Exception as e:  # noqa: BLE001 - any compiler failure (no C++ compiler, unsupported op)
+            logger.warning("torch.compile failed (%s: %s); embedding without it (--compile off skips "
+                           "the attempt)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            self._forward, self._fixed_batch = self.backbone, 0
+            return self._forward(x)
 
     @property
     def dim(self) -> int:
@@ -102,9 +168,10 @@ class Embedder:
             pixels = torch.cat([pixels, pixels[:1].expand(self._fixed_batch - n, -1, -1, -1)])
         x = pixels.to(self.device, non_blocking=True).float()
         x = (x - self._mean) / self._std  # (B, 3, H, W)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self._forward(x).float()[:n]
+            return self._run(x).float()[:n]
 
     @torch.inference_mode()
     def project(self, feats: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ from imgembed.gpu_decode import gpu_decode_available
 from imgembed.head import head_paths
 from imgembed.loader import iter_batches
 from imgembed.reader import ImageSkipped, hash_file
-from imgembed.store import (IDENTITY_KEYS, MANIFEST, NewFile, PublishStats, StoreWriter, check_identity,
-                            read_manifest)
+from imgembed.store import PublishStats, StoreWriter
+from imgembed.store_format import IDENTITY_KEYS, MANIFEST, NewFile, check_identity, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     total: int = 0  # entries in the index after the run
+    compiled: bool = False  # the model ran through torch.compile (see BackboneCfg.compile)
     publish: PublishStats | None = None
 
     @property
@@ -56,10 +57,11 @@ class IndexSummary:
         out = [
             f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
             f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
-            f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding",
+            f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
+            + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
         ]
         if self.publish is not None:
-            out.append(f"index type {self.publish.index_type}, generation {self.publish.generation}")
+            out.append(self.publish.describe())
         return out
 
 
@@ -184,6 +186,7 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     done = 0
     t0 = time.perf_counter()
     on_gpu = embedder.device.type == "cuda"
+    embedder.plan(len(items))
     batches = iter_batches(items, embedder.preprocess, cfg.reader, cfg.embed.batch_size,
                            resolve_workers(cfg.embed.workers), pin_memory=on_gpu,
                            gpu_device=embedder.device if gpu_decode_available(embedder.device) else None)
@@ -203,6 +206,7 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
             progress("embed", done, len(todo))
     _flush(store, root_id, pending, vecs, summary)
     summary.embed_seconds = time.perf_counter() - t0
+    summary.compiled = embedder.compiled  # false again if compiling failed and it fell back
 
 
 def _flush(store: StoreWriter, root_id: int, pending: list[NewFile], vecs: list, summary: IndexSummary) -> None:

@@ -13,7 +13,8 @@ from imgembed.config import BackboneCfg, ReaderCfg
 from imgembed.embedder import Embedder
 from imgembed.head import load_head
 from imgembed.reader import decode_query
-from imgembed.store import Row, Snapshot, StoreError, check_identity
+from imgembed.snapshot import Snapshot
+from imgembed.store_format import Row, StoreError, check_identity
 
 
 class Hit(NamedTuple):
@@ -34,6 +35,7 @@ class IndexInfo:
     generation: int
     disk_bytes: int
     metric: str
+    nprobe: int | None = None  # IVF lists probed per query (calibrated when the lists were trained)
 
 
 def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
@@ -70,7 +72,8 @@ class Searcher:
         self.snapshot.refresh()
         m = self.snapshot.manifest
         return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
-                         self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"])
+                         self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
+                         vector_index.nprobe_of(self.snapshot.index))
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries (q, dim)``, best first."""

@@ -33,7 +33,8 @@ import numpy as np
 from imgembed import fs
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg
-from imgembed.store import IDENTITY_KEYS, NewFile, PublishStats, StoreError, StoreWriter
+from imgembed.store import PublishStats, StoreWriter
+from imgembed.store_format import IDENTITY_KEYS, NewFile, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class BuildSummary:
                f"not embedded {self.failed}; {self.publish.total if self.publish else 0} images in the index",
                f"{self.seconds:.1f} s"]
         if self.publish is not None:
-            out.append(f"index type {self.publish.index_type}, generation {self.publish.generation}")
+            out.append(self.publish.describe())
         return out
 
 

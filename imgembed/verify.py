@@ -23,9 +23,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from imgembed import store, vector_index
+from imgembed import store_format, vector_index
 from imgembed.config import IndexCfg
-from imgembed.store import DB, StoreError, StoreWriter, faiss_name
+from imgembed.store import StoreWriter
+from imgembed.store_format import DB, StoreError, faiss_name
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def verify(index_dir: str | Path, check_files: bool = True) -> VerifyReport:
 def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
     rep = VerifyReport(str(index_dir))
     try:
-        manifest = store.read_manifest(index_dir)
+        manifest = store_format.read_manifest(index_dir)
     except StoreError as e:
         rep.findings.append(Finding(ERROR, str(e)))
         return rep
@@ -90,7 +91,7 @@ def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
         rep.findings.append(Finding(ERROR, f"no {DB} beside the manifest; rebuild the index"))
         return rep
     try:
-        con = store._connect(index_dir, readonly=True)
+        con = store_format.connect(index_dir, readonly=True)
     except StoreError as e:
         rep.findings.append(Finding(ERROR, str(e)))
         return rep
@@ -111,11 +112,11 @@ def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyRep
         rep.findings.append(Finding(ERROR, f"{DB} is damaged ({'; '.join(check[:3])}); rebuild the index"))
         return
     version = con.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(store.MIGRATIONS):
+    if version > len(store_format.MIGRATIONS):
         rep.findings.append(Finding(ERROR, f"schema version {version} is newer than this imgembed; upgrade it"))
         return
-    gen = rep.generation = int(store._meta(con, "generation") or 0)
-    visible = store._visible(str(gen))
+    gen = rep.generation = int(store_format.read_meta(con, "generation") or 0)
+    visible = store_format.visible(str(gen))
     ids = np.fromiter((r[0] for r in con.execute(f"SELECT id FROM files WHERE {visible} ORDER BY id")), np.int64)
     rep.rows = len(ids)
 
@@ -187,7 +188,7 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
     if len(extra) or len(lost):
         rep.findings.append(Finding(ERROR, f"{path.name} and the metadata disagree: {len(extra)} ids without an "
                                            f"entry, {len(lost)} entries without a vector", True))
-    kind = store._meta(con, "index_type")
+    kind = store_format.read_meta(con, "index_type")
     try:
         actual = vector_index.kind_of(index)
     except ValueError as e:
@@ -199,9 +200,9 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
 
 
 def _raise_if_moved(index_dir: Path, gen: int) -> None:
-    con = store._connect(index_dir, readonly=True)
+    con = store_format.connect(index_dir, readonly=True)
     try:
-        if int(store._meta(con, "generation") or 0) != gen:
+        if int(store_format.read_meta(con, "generation") or 0) != gen:
             raise _Moved
     finally:
         con.close()

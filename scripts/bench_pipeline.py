@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=-1, help="decode processes (-1: one per core)")
     p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the backbone; auto decides as `imgembed index` would for this folder")
     p.add_argument("--precision-check", action="store_true",
                    help="print the cosine of bf16 (and fp16 on CUDA) embeddings to fp32 ones")
     p.add_argument("--clip-retrieval", type=Path, metavar="VENV",
@@ -166,13 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
           f"({embedder.dtype}); batch {a.batch_size}; {workers} decode workers; "
           f"{torch.get_num_threads()} model threads; {os.cpu_count()} CPUs; model built in {build_s:.1f} s")
+    eager_mod = None
+    if embedder.plan(len(items)):
+        eager_mod = model_only(Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device), compile="off"),
+                               a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
+        t = time.perf_counter()
+        embedder.embed(torch.zeros(a.batch_size, 3, embedder.preprocess.size, embedder.preprocess.size,
+                                   dtype=torch.uint8, device=embedder.device))
+        print(f"torch.compile (--compile {a.compile}): compiled in {time.perf_counter() - t:.1f} s "
+              "(less when torch's kernel cache already holds it)", flush=True)
     job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone), embed=EmbedCfg(a.batch_size, a.workers),
                       reader=reader_cfg)
 
     dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
     print(f"decode-only   {dec:9.1f} images/s", flush=True)
     mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
-    print(f"model-only    {mod:9.1f} images/s", flush=True)
+    print(f"model-only    {mod:9.1f} images/s" + (f" compiled; {eager_mod:.1f} without compiling "
+          f"({mod / eager_mod:.2f}x)" if eager_mod else ""), flush=True)
     loop, run = end_to_end(a.folder, job, embedder, a.repeat)
     ceiling = min(dec, mod) if on_gpu else 1 / (1 / dec + 1 / mod)
     print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgembed.distributed.ray_job import RayCfg, embed_to_shards
     from imgembed.embedder import Embedder
     from imgembed.indexer import index_folder
-    from imgembed.store import Snapshot
+    from imgembed.snapshot import Snapshot
 
     files = fs.scan(a.folder, ReaderCfg()).files[: a.n]
     if not files:

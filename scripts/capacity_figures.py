@@ -82,7 +82,8 @@ def measure_index_bytes(work: Path, n: int, dims: tuple[int, ...] = (128, 1280))
 
     from imgembed import vector_index
     from imgembed.config import IndexCfg
-    from imgembed.store import NewFile, StoreWriter
+    from imgembed.store import StoreWriter
+    from imgembed.store_format import NewFile
 
     for dim, n in ((d, n if d <= 512 else max(3000, n // 8)) for d in dims):
         x = unit(n, dim, 1)

@@ -24,7 +24,7 @@ from imgembed import cli, fs
 from imgembed.config import BackboneCfg, IndexJobCfg
 from imgembed.indexer import index_folder
 from imgembed.search import Searcher
-from imgembed.store import DB, LOCK, _connect, faiss_name
+from imgembed.store_format import DB, LOCK, connect, faiss_name
 from imgembed.verify import verify
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         np.testing.assert_allclose(got[r.id], want[crow[r.relpath]], atol=1e-5)
 
     # No orphans: every stored vector belongs to an entry, no files but the published ones.
-    con = _connect(ix, readonly=True)
+    con = connect(ix, readonly=True)
     orphans = con.execute("SELECT count(*) FROM vectors WHERE hash NOT IN "
                           "(SELECT hash FROM files WHERE removed_gen IS NULL)").fetchone()[0]
     con.close()

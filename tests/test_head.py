@@ -15,7 +15,7 @@ from imgembed.embedder import Embedder
 from imgembed.head import HeadCfg, HeadError, ProjectionHead, load_head, read_head_info, save_head
 from imgembed.metrics import retrieval_metrics
 from imgembed.search import Searcher
-from imgembed.store import StoreError
+from imgembed.store_format import StoreError
 from imgembed.train import TrainCfg, mean_average_precision, split_validation, train_head
 
 

@@ -10,7 +10,8 @@ from conftest import TINY, make_photo, write_photos
 from imgembed.config import BackboneCfg, IndexCfg, IndexJobCfg
 from imgembed.indexer import index_folder
 from imgembed.search import Searcher
-from imgembed.store import StoreError, StoreWriter
+from imgembed.store import StoreWriter
+from imgembed.store_format import StoreError
 
 
 def cfg(**kw) -> IndexJobCfg:
@@ -212,3 +213,21 @@ def test_explicit_index_type_sticks(photos, tmp_path):
     s = index_folder(photos, ix, cfg())  # auto on a later run keeps the chosen type
     assert s.publish.index_type == "hnsw"
     assert Searcher(ix).snapshot.index_type == "hnsw"
+
+
+def test_ivf_probes_are_calibrated_when_lists_are_trained(tmp_path):
+    folder = tmp_path / "p"
+    write_photos(folder, 60)
+    c = cfg()
+    c.index = IndexCfg(index_type="ivf")
+    s = index_folder(folder, tmp_path / "ix", c)
+    cal = s.publish.calibration
+    assert cal is not None and cal.reached and cal.queries == 60 and cal.recall >= 0.95
+    assert f"nprobe {cal.nprobe}: recall@10" in "\n".join(s.lines())
+    searcher = Searcher(tmp_path / "ix")
+    assert searcher.snapshot.index.nprobe == cal.nprobe == searcher.info().nprobe  # saved in the file
+    write_photos(folder / "more", 3, start=200)
+    assert index_folder(folder, tmp_path / "ix", c).publish.calibration is None  # lists kept: no rerun
+
+    c.index = IndexCfg(index_type="ivf", target_recall=0.0)
+    assert index_folder(folder, tmp_path / "off", c).publish.calibration is None

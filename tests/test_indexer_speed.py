@@ -8,7 +8,7 @@ from conftest import TINY, write_photos
 from imgembed.config import BackboneCfg, IndexJobCfg
 from imgembed.embedder import Embedder
 from imgembed.indexer import index_folder
-from imgembed.store import StoreError
+from imgembed.store_format import StoreError
 
 
 def cfg(name: str = TINY) -> IndexJobCfg:

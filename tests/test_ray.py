@@ -25,7 +25,8 @@ from imgembed.distributed.ray_job import RayCfg, embed_to_shards  # noqa: E402
 from imgembed.embedder import Embedder  # noqa: E402
 from imgembed.indexer import index_folder  # noqa: E402
 from imgembed.search import Searcher  # noqa: E402
-from imgembed.store import Snapshot, StoreError  # noqa: E402
+from imgembed.snapshot import Snapshot  # noqa: E402
+from imgembed.store_format import StoreError  # noqa: E402
 
 N = 24
 SHARD = 10  # 25 files (24 photos and a broken one) -> 3 shards

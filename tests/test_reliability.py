@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -27,12 +26,12 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, make_photo, write_photos
-from imgembed import cli, fs, indexer, reader, store, vector_index
-from imgembed.config import BackboneCfg, IndexJobCfg
+from imgembed import cli, fs, indexer, reader, store, store_format, vector_index
+from imgembed.config import BackboneCfg, IndexCfg, IndexJobCfg
 from imgembed.head import HeadError, load_head
 from imgembed.indexer import index_folder
 from imgembed.search import Searcher
-from imgembed.store import StoreError
+from imgembed.store_format import StoreError
 from imgembed.verify import verify
 
 REPO = Path(__file__).resolve().parent.parent
@@ -444,7 +443,7 @@ def test_disk_full_while_writing_metadata_keeps_the_previous_index(photos, tmp_p
     ix = tmp_path / "ix"
     index_folder(photos, ix, cfg())
     write_photos(photos / "more", 40, start=100)
-    real_connect = store._connect
+    real_connect = store.connect
 
     def full_disk(index_dir, readonly=False):  # SQLite's own "database or disk is full" path
         con = real_connect(index_dir, readonly)
@@ -453,7 +452,7 @@ def test_disk_full_while_writing_metadata_keeps_the_previous_index(photos, tmp_p
             con.execute(f"PRAGMA max_page_count={pages}")
         return con
 
-    monkeypatch.setattr(store, "_connect", full_disk)
+    monkeypatch.setattr(store, "connect", full_disk)  # the writer's
     rc = cli.main(["index", str(photos), "--index", str(ix), "--backbone", TINY, "--workers", "0",
                    "--commit-every", "4", "--no-progress"])
     err = capsys.readouterr().err
@@ -651,7 +650,7 @@ def test_readers_see_one_generation_during_writes(photos, tmp_path):
 def _db(ix: Path):
     import sqlite3
 
-    return sqlite3.connect(ix / store.DB, isolation_level=None)
+    return sqlite3.connect(ix / store_format.DB, isolation_level=None)
 
 
 def _search_ok(ix: Path, n: int) -> None:
@@ -679,7 +678,7 @@ def test_verify_finds_a_damaged_vectors_file_and_repair_rebuilds_it(photos, tmp_
         new_ids = keep + 1000 if damage == "wrong_ids" else keep
         import faiss
 
-        faiss.write_index(vector_index.build("flat", 32, store.IndexCfg(), iter([(new_ids, X)])), str(f))
+        faiss.write_index(vector_index.build("flat", 32, IndexCfg(), iter([(new_ids, X)])), str(f))
     assert cli.main(["verify", "--index", str(ix)]) == 1
     out = capsys.readouterr().out
     expected = {"delete": "is missing", "garbage": "cannot be read",
@@ -730,7 +729,7 @@ def test_repair_refuses_while_another_process_writes_and_what_it_cannot_fix(phot
     ix = tmp_path / "ix"
     index_folder(photos, ix, cfg())
     ident = Searcher(ix).embedder.identity()
-    with store.StoreWriter(ix, ident, store.IndexCfg()):
+    with store.StoreWriter(ix, ident, IndexCfg()):
         assert cli.main(["verify", "--index", str(ix), "--repair"]) == 1
         assert "is being written by pid" in capsys.readouterr().err
     m = json.loads((ix / "manifest.json").read_text())

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from conftest import TINY, make_photo
-from imgembed import store
+from imgembed import store, store_format
 from imgembed.config import BackboneCfg, IndexJobCfg, ReaderCfg
 from imgembed.embedder import Embedder
 from imgembed.indexer import index_folder
 from imgembed.reader import decode_file
-from imgembed.store import Snapshot
+from imgembed.snapshot import Snapshot
 
 NAMES = st.sampled_from(["a.jpg", "b.jpg", "c.png", "sub/d.jpg", "sub/e.png", "sub/deeper/f.jpg"])
 SEEDS = st.integers(0, 4)  # few contents, so copies and renames share vectors
@@ -113,7 +113,7 @@ class IndexMachine(RuleBasedStateMachine):
         try:
             index_folder(self.folder, self.ix, self.cfg, embedder=EMBEDDER)
         except KeyboardInterrupt:
-            self.built = self.built or (self.ix / store.MANIFEST).exists()
+            self.built = self.built or (self.ix / store_format.MANIFEST).exists()
         else:
             raise AssertionError("publish was not reached")
         finally:

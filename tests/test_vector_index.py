@@ -102,3 +102,42 @@ def test_single_queries_match_the_batch_and_restore_threads():
     _, batch = vector_index.search(index, X[:10], 5)
     one = np.concatenate([vector_index.search(index, X[i:i + 1], 5)[1] for i in range(10)])
     assert (one == batch).all() and faiss.omp_get_max_threads() == threads
+
+
+def _recall_excluding_self(index, ids, X, Q_idx, k=10):
+    """Brute-force reference for calibrate(): queries are indexed vectors, their own entry left out."""
+    sims = X[Q_idx] @ X.T
+    sims[np.arange(len(Q_idx)), Q_idx] = -np.inf
+    truth = ids[np.argsort(-sims, axis=1)[:, :k]]
+    _, got = index.search(X[Q_idx], k + 1)
+    got = [[g for g in row if g != ids[q]][:k] for row, q in zip(got, Q_idx)]
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
+
+
+def test_calibration_raises_probes_until_recall_meets_the_target():
+    X = clustered(6000, 16, seed=3)
+    X = X + np.random.default_rng(5).normal(size=X.shape).astype(np.float32)  # blur the clusters
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    ids = np.arange(10_000, 16_000, dtype=np.int64)
+    index = vector_index.build("ivf", 16, IndexCfg(ivf_nlist=128, ivf_nprobe=1), iter([(ids, X)]), train=X)
+    q = np.arange(0, 6000, 30)  # 200 indexed vectors as queries
+    start = _recall_excluding_self(index, ids, X, q)
+    assert start < 0.9  # one probe of 128 lists misses many neighbours
+
+    cal = vector_index.calibrate(index, ids[q], X[q], target=0.8)
+    assert cal.reached and cal.recall >= 0.8 and cal.queries == len(q)
+    assert index.nprobe == cal.nprobe > 1
+    # the reported recall is what a brute-force search measures at that nprobe
+    assert cal.recall == pytest.approx(_recall_excluding_self(index, ids, X, q), abs=1e-9)
+    # and it is the smallest doubling that gets there
+    index.nprobe = cal.nprobe // 2
+    assert _recall_excluding_self(index, ids, X, q) < 0.8
+
+
+def test_calibration_stops_at_the_probe_cap():
+    X = clustered(4000, 32, seed=4)
+    ids = np.arange(4000, dtype=np.int64)
+    index = vector_index.build("ivf", 32, IndexCfg(ivf_nlist=64, ivf_nprobe=1), iter([(ids, X)]), train=X)
+    cal = vector_index.calibrate(index, ids[:100], X[:100], target=1.01)  # unreachable
+    assert not cal.reached and cal.nprobe == index.nprobe == 64 // 8
+    assert "below the target" in cal.describe()

@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from imgembed.backbones import Backbone, BackboneError, Preprocess, register, state_fingerprint
+from imgembed.backbones import (Backbone, BackboneError, Preprocess, mostly_convolutional, register,
+                                state_fingerprint)
 from imgembed.config import BackboneCfg
 
 HOW_TO_SUPPLY = (
@@ -37,6 +38,10 @@ class OpenClip(Backbone):
     @property
     def has_text(self) -> bool:
         return True
+
+    @property
+    def convolutional(self) -> bool:
+        return mostly_convolutional(self.model.visual)  # the image tower only (RN50 is a CNN)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device

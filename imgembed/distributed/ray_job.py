@@ -184,7 +184,8 @@ def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: I
     ds = ds.map_batches(
         EmbedActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"embedder": embedder, "device": "cuda" if gpus else "cpu",
-                               "precision": cfg.backbone.precision, "threads": threads},
+                               "precision": cfg.backbone.precision, "threads": threads,
+                               "images": total // actors},
         num_gpus=1 if gpus else None, num_cpus=None if gpus else ray_cfg.actor_cpus)
 
     assembler = shards.ShardAssembler(out, size, manifest["files"], embedder.dim)

@@ -47,16 +47,18 @@ def on_device(embedder: Embedder, device: str, precision: str) -> Embedder:
     if embedder.device == dev and embedder.dtype == pick_dtype(dev, precision):
         return embedder
     return Embedder(embedder.backbone.cpu(), embedder.head.cpu() if embedder.head is not None else None,
-                    device=str(dev), precision=precision)
+                    device=str(dev), precision=precision, compile=embedder.compile_mode)
 
 
 class EmbedActor:
     """Holds one embedder for its lifetime; embeds the decoded rows of each batch it is given."""
 
-    def __init__(self, embedder: Embedder, device: str, precision: str, threads: int) -> None:
+    def __init__(self, embedder: Embedder, device: str, precision: str, threads: int, images: int = 0) -> None:
+        """``images``: about how many photos this actor will embed (for ``compile="auto"``)."""
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.embedder = on_device(embedder, device, precision)
+        self.embedder.plan(images)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("pixels")  # uint8 (B, 3, S, S); not sent on

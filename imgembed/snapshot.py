@@ -1,0 +1,156 @@
+"""The reader of an index directory: one published generation, loaded for search."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import faiss
+import numpy as np
+
+from imgembed import vector_index
+from imgembed.store_format import (DB, ROW_SQL, Row, StoreError, connect, faiss_name, read_manifest, read_meta,
+                                   visible)
+
+
+class Snapshot:
+    """One published generation of an index, loaded for search. Thread-safe for reads.
+
+    Every search should run inside :meth:`read`, which pins one generation: the FAISS index and the
+    rows it names come from the same published state even while a writer publishes and purges.
+    """
+
+    def __init__(self, index_dir: str | Path, mmap: bool = False) -> None:
+        self.dir = Path(index_dir)
+        self.manifest = read_manifest(self.dir)
+        if not (self.dir / DB).is_file():
+            raise StoreError(f"{self.dir} has a manifest but no {DB}; rebuild the index")
+        self.con = connect(self.dir, readonly=True)
+        self.mmap = mmap
+        self.generation = -1
+        self.index: faiss.Index | None = None
+        self.index_type = ""
+        self._lock = threading.RLock()
+        self._pinned = 0
+        self.refresh()
+
+    def current_generation(self) -> int:
+        try:
+            return int(read_meta(self.con, "generation") or 0)
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise StoreError(f"cannot read {self.dir / DB}: {e}; run imgembed verify") from e
+
+    def refresh(self) -> bool:
+        """Load the newest published generation if it changed. Returns True when it did."""
+        with self._lock:
+            for _ in range(20):
+                gen = self.current_generation()
+                if gen == self.generation:
+                    return False
+                if self._load(gen):
+                    return True
+                time.sleep(0.05)  # a writer published a newer generation meanwhile
+            raise StoreError(f"index {self.dir} keeps changing; try again")
+
+    @contextmanager
+    def read(self) -> Iterator["Snapshot"]:
+        """Pin the newest generation for a consistent set of reads (one SQLite read transaction).
+
+        Keep the block short: while it is open the writer's log cannot be folded back.
+        """
+        with self._lock:
+            if self._pinned:  # nested: already pinned
+                yield self
+                return
+            for _ in range(20):
+                self.con.execute("BEGIN")
+                try:
+                    gen = self.current_generation()
+                    if gen == self.generation or self._load(gen):
+                        self._pinned += 1
+                        try:
+                            yield self
+                        finally:
+                            self._pinned -= 1
+                        return
+                finally:
+                    self.con.execute("COMMIT")
+                time.sleep(0.05)
+            raise StoreError(f"index {self.dir} keeps changing; try again")
+
+    def _load(self, gen: int) -> bool:
+        """Load generation ``gen``; False when its file is gone (a newer one replaced it)."""
+        if gen == 0:
+            self.generation, self.index, self.index_type = 0, None, ""
+            return True
+        path = self.dir / faiss_name(gen)
+        try:
+            index = vector_index.read(str(path), mmap=self.mmap)
+        except RuntimeError as e:
+            if not path.exists():
+                return False
+            raise StoreError(f"cannot read {path} ({e}); run imgembed verify --repair") from e
+        if index.d != self.manifest["dim"]:
+            raise StoreError(f"{path} holds {index.d}-d vectors but the manifest says {self.manifest['dim']}; "
+                             "run imgembed verify --repair")
+        self.generation, self.index = gen, index
+        self.index_type = read_meta(self.con, "index_type")
+        return True
+
+    def visible_ids(self) -> np.ndarray:
+        """Ids of the rows visible in this snapshot's generation (int64, sorted)."""
+        cur = self.con.execute(f"SELECT id FROM files WHERE {visible(str(self.generation))} ORDER BY id")
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal) if self.index is not None else 0
+
+    def rows(self, ids: Iterable[int]) -> dict[int, Row]:
+        """Rows visible in this snapshot's generation, by id."""
+        ids = [int(i) for i in ids if i >= 0]
+        out: dict[int, Row] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = f"{ROW_SQL} WHERE f.id IN ({','.join('?' * len(chunk))}) AND {visible(str(self.generation))}"
+            out.update((r[0], Row(*r)) for r in self.con.execute(q, chunk))
+        return out
+
+    def row_by_path(self, path: bytes) -> Row | None:
+        """The visible row of an absolute path, or None when the path is not in the index."""
+        for root_id, root in self.con.execute("SELECT id, path FROM roots"):
+            prefix = root.rstrip(b"/") + b"/"
+            if path.startswith(prefix):
+                r = self.con.execute(
+                    f"{ROW_SQL} WHERE f.root_id=? AND f.relpath=? AND {visible(str(self.generation))}",
+                    (root_id, path[len(prefix):])).fetchone()
+                if r:
+                    return Row(*r)
+        return None
+
+    def iter_rows(self, chunk: int = 10_000) -> Iterator[Row]:
+        cur = self.con.execute(f"{ROW_SQL} WHERE {visible(str(self.generation))} ORDER BY f.id")
+        while rows := cur.fetchmany(chunk):
+            yield from (Row(*r) for r in rows)
+
+    def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Full-precision stored vectors by id (from the metadata, whatever the index type)."""
+        ids = [int(i) for i in ids]
+        out: dict[int, np.ndarray] = {}
+        dim = self.manifest["dim"]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = (f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
+                 f"WHERE f.id IN ({','.join('?' * len(chunk))})")
+            out.update((r[0], np.frombuffer(r[1], dtype=np.float32).reshape(dim)) for r in self.con.execute(q, chunk))
+        return out
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,217 @@
+"""What an index directory holds and how it is opened: manifest, SQLite schema, connections.
+
+Layout of an index directory::
+
+    manifest.json        format version, what made the vectors (backbone, weights, head), dim, metric
+    meta.sqlite          files, their vectors (by content hash), and the published generation
+    vectors.<gen>.faiss  the searchable index of generation <gen>
+    head.safetensors/.json  the projection head, when the index was built with one
+    write.lock           held by the one process that may write
+
+Consistency. SQLite (WAL mode) is the source of truth; a FAISS file is derived from it. Rows carry
+the generation that added them and the one that removed them, so a writer's progress is committed
+in small transactions that readers do not see. Publishing writes ``vectors.<gen+1>.faiss``
+atomically, then flips the generation in one transaction. A reader holds one generation: the
+FAISS file of that generation and the rows visible in it, never a mix. A crash at any point
+leaves the last published generation intact; the next run reuses the committed vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import fields
+from pathlib import Path
+from typing import NamedTuple
+
+from imgembed.config import IndexCfg
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DB = "meta.sqlite"
+LOCK = "write.lock"
+IDENTITY_KEYS = ("backbone", "backbone_fingerprint", "pool", "head_fingerprint", "dim", "preprocess")
+
+# Numbered schema migrations; the user_version pragma records how many have run.
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE roots (id INTEGER PRIMARY KEY, path BLOB NOT NULL UNIQUE);
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a FAISS id names one row forever
+        root_id INTEGER NOT NULL REFERENCES roots(id),
+        relpath BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        indexed_at REAL NOT NULL,
+        added_gen INTEGER NOT NULL,
+        removed_gen INTEGER
+    );
+    CREATE UNIQUE INDEX files_live ON files(root_id, relpath) WHERE removed_gen IS NULL;
+    CREATE INDEX files_hash ON files(hash);
+    CREATE INDEX files_added ON files(added_gen);
+    CREATE INDEX files_removed ON files(removed_gen);
+    CREATE TABLE vectors (hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
+    INSERT INTO meta VALUES ('generation', '0');
+    INSERT INTO meta VALUES ('index_type', '');
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """The index cannot be opened or written as asked; the message says what to do."""
+
+
+class Row(NamedTuple):
+    id: int
+    root: bytes
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    indexed_at: float
+
+    @property
+    def path(self) -> bytes:
+        return os.path.join(self.root, self.relpath)
+
+
+class NewFile(NamedTuple):
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(index_dir: str | Path) -> dict:
+    """The validated manifest of an index. Raises StoreError naming the problem."""
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"no index at {index_dir} (no {MANIFEST}); build one with: imgembed index FOLDER --index {index_dir}")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); rebuild the index") from e
+    problems = []
+    if not isinstance(m, dict):
+        raise StoreError(f"{path}: expected a JSON object")
+    if m.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format_version is {m.get('format_version')!r}, this imgembed reads {FORMAT_VERSION}")
+    if type(m.get("dim")) is not int or not 0 < m["dim"] <= 65536:
+        problems.append(f"dim must be a positive integer, got {m.get('dim')!r}")
+    if not isinstance(m.get("backbone"), str) or not m.get("backbone"):
+        problems.append("backbone must be a non-empty string")
+    if m.get("metric") != "cosine":
+        problems.append(f"metric must be 'cosine', got {m.get('metric')!r}")
+    if not isinstance(m.get("preprocess"), dict):
+        problems.append("preprocess must be an object")
+    cfg = m.get("index_cfg", {})
+    if not isinstance(cfg, dict):
+        problems.append("index_cfg must be an object")
+    else:
+        known = {f.name: type(f.default) for f in fields(IndexCfg)}
+        bad = [k for k, v in cfg.items() if k not in known or type(v) is not known[k]]
+        if bad:
+            problems.append(f"index_cfg has unknown or mistyped keys: {', '.join(map(str, bad))}")
+    if m.get("head") not in (None, "head.safetensors"):
+        # The head is loaded from the index folder only; a manifest never names another path.
+        problems.append(f"head must be null or 'head.safetensors', got {m.get('head')!r}")
+    if not isinstance(m.get("head_fingerprint"), (str, type(None))):
+        problems.append("head_fingerprint must be a string or null")
+    if problems:
+        raise StoreError(f"{path} is not a valid imgembed manifest: " + "; ".join(problems))
+    return m
+
+
+def check_identity(manifest: dict, identity: dict, index_dir: str | Path) -> None:
+    """Refuse to mix vectors from different embedders in one index."""
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as stored
+    diffs = [k for k in IDENTITY_KEYS if manifest.get(k) != identity.get(k)]
+    if diffs:
+        used = f"backbone {manifest.get('backbone')} (weights {manifest.get('backbone_fingerprint')}, " \
+               f"pool {manifest.get('pool')}), head {manifest.get('head_fingerprint') or 'none'}, dim {manifest.get('dim')}"
+        asked = f"backbone {identity.get('backbone')} (weights {identity.get('backbone_fingerprint')}, " \
+                f"pool {identity.get('pool')}), head {identity.get('head_fingerprint') or 'none'}, dim {identity.get('dim')}"
+        raise StoreError(
+            f"index {index_dir} was built with {used}; this run uses {asked} (differs in: "
+            f"{', '.join(diffs)}). Use the same --backbone/--head, or another --index."
+        )
+
+
+# ---------------------------------------------------------------- database
+
+
+def connect(index_dir: Path, readonly: bool = False) -> sqlite3.Connection:
+    path = index_dir / DB
+    if readonly:
+        con = _connect_ro(path)
+    else:
+        con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA foreign_keys=ON")
+    return con
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    uri = f"file:{_uri_path(path)}?mode=ro"
+    con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.DatabaseError as e:
+        con.close()
+        # A WAL database in a folder nobody may write to: SQLite cannot create its shared-memory
+        # file. No writer can exist there either, so the file is immutable as far as we can tell.
+        if path.is_file() and not os.access(path.parent, os.W_OK):
+            con = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return con
+            except sqlite3.DatabaseError:
+                con.close()
+        raise StoreError(f"cannot open {path}: {e}; run imgembed verify, or rebuild the index") from e
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.absolute()), safe="/")
+
+
+def migrate(con: sqlite3.Connection) -> None:
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(f"index schema version {version} is newer than this imgembed ({len(MIGRATIONS)}); upgrade imgembed")
+    for i in range(version, len(MIGRATIONS)):
+        con.executescript("BEGIN;" + MIGRATIONS[i] + f"PRAGMA user_version={i + 1}; COMMIT;")
+
+
+def read_meta(con: sqlite3.Connection, key: str) -> str:
+    row = con.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else ""
+
+
+def faiss_name(gen: int) -> str:
+    return f"vectors.{gen}.faiss"
+
+
+def visible(gen_param: str = "?") -> str:
+    return f"added_gen <= {gen_param} AND (removed_gen IS NULL OR removed_gen > {gen_param})"
+
+
+ROW_SQL = ("SELECT f.id, r.path, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, f.indexed_at "
+            "FROM files f JOIN roots r ON r.id = f.root_id")
+
+
