@@ -25,9 +25,9 @@ AUTO_FLAT_MAX = 50_000
 # after that. IVF-Flat over HNSW (scripts/bench_search.py, 100k x 128-d, 2 busy cores): recall@10
 # 0.97 against 0.98 (efSearch 32), both at p50 0.14 ms, 2.5x faster to build, 527 bytes per
 # vector against 792, and it removes vectors in place where HNSW is rebuilt on every deletion.
-# At 1M x 128-d the defaults below measured recall@10 0.991 at 1.0 ms p50 / 1.5 ms p99 (query
-# CPU time), 522 bytes per vector. At 200k x 512-d they reach only 0.90 (0.94 at 4x the probes):
-# higher dimensions need more probes (ivf_nprobe) or hnsw.
+# At 1M x 128-d the defaults below measured recall@10 0.991 at 1.0 ms p50 / 1.4 ms p99, 522 bytes
+# per vector. Higher dimensions need more probes for the same recall; calibrate() finds them (1M x
+# 1280-d: 124 probes, recall@10 0.968 at 16.6 ms p99).
 AUTO_RAW_BYTES_MAX = 8 << 30
 # IVF training sample: faiss's k-means uses at most 256 points per list anyway.
 TRAIN_PER_LIST = 64
