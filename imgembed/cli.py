@@ -42,7 +42,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="on", default=BackboneCfg.compile, choices=COMPILE_MODES,
                    help="torch.compile the model: auto (CNNs on a CPU from 3,000 photos: 1.5x faster after "
                         "a one-off compile of about 30 s), on, off")
-    p.add_argument("--batch-size", type=int, default=EmbedCfg.batch_size)
+    p.add_argument("--batch-size", type=int, default=EmbedCfg.batch_size,
+                   help="photos per batch; 0 (default): 32 on a CPU, on CUDA what the free GPU memory holds")
     p.add_argument("--workers", type=int, default=EmbedCfg.workers, help="decode processes (-1: one per core)")
     p.add_argument("--max-pixels", type=int, default=ReaderCfg.max_pixels,
                    help="refuse images declaring more pixels than this (decompression bombs)")

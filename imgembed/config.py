@@ -43,7 +43,8 @@ class BackboneCfg:
 
 @dataclass
 class EmbedCfg:
-    batch_size: int = 32
+    # Photos per batch; 0 = auto: 32 on a CPU, on CUDA what the free GPU memory holds (16-256).
+    batch_size: int = 0
     # Decode worker processes; -1 = one per CPU core.
     workers: int = -1
 

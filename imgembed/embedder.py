@@ -54,6 +54,23 @@ def worth_compiling(device: torch.device, backbone: Backbone, n_images: int) -> 
     return device.type == "cpu" and backbone.convolutional and n_images >= AUTO_COMPILE_MIN_IMAGES
 
 
+# EmbedCfg.batch_size = 0 (auto). A CPU gains nothing from larger batches than this; on CUDA the
+# batch is as large as half the free memory holds, between these bounds. The upper one bounds the
+# host memory of a batch's JPEG bytes (nvJPEG decodes whole files) while decoding is the limit.
+CPU_BATCH = 32
+GPU_BATCH_MIN, GPU_BATCH_MAX = 16, 256
+
+
+def batch_for_memory(free_bytes: int, per_image_bytes: float, lo: int = GPU_BATCH_MIN,
+                     hi: int = GPU_BATCH_MAX) -> int:
+    """The largest power of two in [lo, hi] whose activations take at most half of ``free_bytes``."""
+    fits = int(free_bytes * 0.5 / max(per_image_bytes, 1.0))
+    batch = lo
+    while batch * 2 <= min(fits, hi):
+        batch *= 2
+    return batch
+
+
 class Embedder:
     """Turns uint8 image batches into L2-normalised float32 vectors of ``dim`` dimensions."""
 
@@ -82,6 +99,7 @@ class Embedder:
         self._forward = self.backbone
         self._fixed_batch = 0  # once compiled: every batch is padded to the first one's size
         self._compile_tried = False  # the first compiled call either works or falls back
+        self._warned_oom = False
         if self.compile_mode == "on":
             self._compile()
         self.head = head.to(self.device) if head is not None else None
@@ -108,6 +126,33 @@ class Embedder:
             self._compile()
         return self.compiled
 
+    def batch_size(self, requested: int = 0) -> int:
+        """``requested`` when positive; otherwise :data:`CPU_BATCH`, or on CUDA the batch that
+        :func:`batch_for_memory` picks from one probe batch's peak memory."""
+        if requested > 0:
+            return requested
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        free, per_image = self._probe_memory()
+        batch = batch_for_memory(free, per_image)
+        logger.info("batch size %d: %.1f MB a photo in the model, %.1f GB free", batch, per_image / 1e6, free / 1e9)
+        return batch
+
+    def _probe_memory(self, n: int = 8) -> tuple[int, float]:
+        """(free bytes, peak bytes per photo) of one batch of ``n`` through the backbone on CUDA."""
+        size = self.preprocess.size
+        x = torch.zeros(n, 3, size, size, device=self.device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode(), self._autocast():
+            self.backbone(x)  # uncompiled: compiling happens at the real batch size
+        torch.cuda.synchronize(self.device)
+        per_image = (torch.cuda.max_memory_allocated(self.device) - base) / n
+        return int(torch.cuda.mem_get_info(self.device)[0]), per_image
+
     def __getstate__(self) -> dict:  # sent to Ray actors: compiled code does not pickle; recompile there
         state = dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False)
         return state
@@ -123,11 +168,29 @@ class Embedder:
         self._fixed_batch = None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._run_once(x)
+        except torch.OutOfMemoryError:
+            if len(x) < 2:
+                raise
+            # Other processes took GPU memory after the batch size was chosen: halve and go on.
+            if not self._warned_oom:
+                logger.warning("out of device memory at a batch of %d; embedding it in halves "
+                               "(pass a smaller --batch-size to avoid the retries)", len(x))
+                self._warned_oom = True
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            half = len(x) // 2
+            return torch.cat([self._run(x[:half]), self._run(x[half:])])
+
+    def _run_once(self, x: torch.Tensor) -> torch.Tensor:
         if not self.compiled or self._compile_tried:
             return self._forward(x)
         self._compile_tried = True
         try:  # compilation happens in this first call
             return self._forward(x)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as e:  # noqa: BLE001 - any compiler failure (no C++ compiler, unsupported op)
             logger.warning("torch.compile failed (%s: %s); embedding without it (--compile off skips "
                            "the attempt)", type(e).__name__, str(e).splitlines()[0] if str(e) else "")

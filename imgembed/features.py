@@ -98,9 +98,11 @@ def extract_features(paths: Sequence[bytes], embedder: Embedder, reader_cfg: Rea
     done = len(paths) - len(todo)
     if progress:
         progress(done, len(paths))
+    batch_size = 1
     if todo:
         embedder.plan(len(todo))
-    for batch in iter_batches(todo, embedder.preprocess, reader_cfg, embed_cfg.batch_size,
+        batch_size = embedder.batch_size(embed_cfg.batch_size)
+    for batch in iter_batches(todo, embedder.preprocess, reader_cfg, batch_size,
                               resolve_workers(embed_cfg.workers)):
         failures += [(paths[i], why) for i, why in batch.failures]
         if batch.keys:

@@ -187,7 +187,8 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     t0 = time.perf_counter()
     on_gpu = embedder.device.type == "cuda"
     embedder.plan(len(items))
-    batches = iter_batches(items, embedder.preprocess, cfg.reader, cfg.embed.batch_size,
+    batch_size = embedder.batch_size(cfg.embed.batch_size)
+    batches = iter_batches(items, embedder.preprocess, cfg.reader, batch_size,
                            resolve_workers(cfg.embed.workers), pin_memory=on_gpu,
                            gpu_device=embedder.device if gpu_decode_available(embedder.device) else None)
     for batch in batches:

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path)
     p.add_argument("--backbone", default="efficientnet-lite0")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=0, help="0: chosen as `imgembed index` would")
     p.add_argument("--workers", type=int, default=-1, help="decode processes (-1: one per core)")
     p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device), compile=a.compile)
     build_s = time.perf_counter() - t
     on_gpu = embedder.device.type == "cuda"
+    a.batch_size = embedder.batch_size(a.batch_size)
     print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
           f"({embedder.dtype}); batch {a.batch_size}; {workers} decode workers; "
           f"{torch.get_num_threads()} model threads; {os.cpu_count()} CPUs; model built in {build_s:.1f} s")

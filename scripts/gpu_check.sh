@@ -18,7 +18,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 WORK=${GPU_CHECK_DIR:-$(mktemp -d)}
 N_VGA=${N_VGA:-4096}
 N_12MP=${N_12MP:-512}
-BATCH=${BATCH:-256}
+BATCH=${BATCH:-0}  # 0: the batch size imgembed picks from free GPU memory
 echo "== machine"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; nproc
 
 echo "== photo folders in $WORK"

@@ -28,7 +28,7 @@ import numpy as np
 from imgembed import fs, shards
 from imgembed.config import IndexJobCfg
 from imgembed.distributed.stages import EmbedActor, decode_batch
-from imgembed.embedder import Embedder
+from imgembed.embedder import CPU_BATCH, GPU_BATCH_MAX, Embedder
 from imgembed.head import head_paths
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: I
     actors = ray_cfg.actors or (gpus if gpus else max(1, cpus // 2))
     summary.actors, summary.device = actors, "GPU" if gpus else "CPU"
     size = manifest["shard_size"]  # the first run's, whatever this run asked for
-    batch = cfg.embed.batch_size
+    # auto: the CPU batch, or on GPU actors the largest auto batch (an actor halves one that does not fit)
+    batch = cfg.embed.batch_size or (GPU_BATCH_MAX if gpus else CPU_BATCH)
     block = max(1, min(size, batch * ray_cfg.block_batches))
     blocks = []
     for s in todo:
