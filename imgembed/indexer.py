@@ -23,7 +23,7 @@ from imgembed.config import IndexJobCfg, resolve_workers
 from imgembed.embedder import Embedder
 from imgembed.gpu_decode import gpu_decode_available
 from imgembed.head import head_paths
-from imgembed.loader import iter_batches
+from imgembed.loader import iter_batches, raw_batch_cap
 from imgembed.reader import ImageSkipped, hash_file
 from imgembed.store import PublishStats, StoreWriter
 from imgembed.store_format import IDENTITY_KEYS, MANIFEST, NewFile, check_identity, read_manifest
@@ -188,9 +188,15 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     on_gpu = embedder.device.type == "cuda"
     embedder.plan(len(items))
     batch_size = embedder.batch_size(cfg.embed.batch_size)
-    batches = iter_batches(items, embedder.preprocess, cfg.reader, batch_size,
-                           resolve_workers(cfg.embed.workers), pin_memory=on_gpu,
-                           gpu_device=embedder.device if gpu_decode_available(embedder.device) else None)
+    workers = resolve_workers(cfg.embed.workers)
+    decode_on_gpu = gpu_decode_available(embedder.device)
+    if decode_on_gpu:  # batches carry file bytes: keep those in flight within memory
+        cap = raw_batch_cap(sum(f.size for f in todo) / len(todo), workers)
+        if cap < batch_size:
+            logger.info("batch size %d instead of %d: the files' bytes in flight must fit in memory", cap, batch_size)
+            batch_size = cap
+    batches = iter_batches(items, embedder.preprocess, cfg.reader, batch_size, workers, pin_memory=on_gpu,
+                           gpu_device=embedder.device if decode_on_gpu else None)
     for batch in batches:
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))

@@ -9,6 +9,7 @@ workers on the CPU as usual. Either way the batch keeps the order of the items.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -18,6 +19,23 @@ from imgembed import gpu_decode
 from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
 from imgembed.reader import ImageSkipped, content_hash, decode_file, read_bytes
+
+
+# Batches each worker prepares ahead of the model.
+PREFETCH = 4
+# On the GPU path a batch carries its files' bytes (12 MP camera JPEGs: 3-8 MB each), and every
+# worker holds PREFETCH batches: the batch is capped so that all of them take at most this share
+# of the machine's memory.
+RAW_MEMORY_SHARE = 0.25
+
+
+def raw_batch_cap(mean_file_bytes: float, workers: int, memory_bytes: int | None = None) -> int:
+    """The largest batch whose file bytes, for every batch in flight, fit :data:`RAW_MEMORY_SHARE`
+    of ``memory_bytes`` (default: this machine's physical memory)."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    in_flight = max(1, workers) * PREFETCH + 2  # the workers' queue, plus the batch being embedded
+    return max(1, int(memory_bytes * RAW_MEMORY_SHARE / (in_flight * max(mean_file_bytes, 1.0))))
 
 
 class Batch(NamedTuple):
@@ -116,7 +134,7 @@ def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: Reade
         _Files(items, pre, cfg, gpu_jpeg=gpu), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate_raw if gpu else _collate, pin_memory=pin_memory,
         worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False,
+        prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
     )
     if not gpu:
         yield from loader

@@ -76,3 +76,16 @@ def test_out_of_memory_while_compiling_is_not_taken_for_a_compiler_failure(monke
     x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     np.testing.assert_allclose(e.embed(x), ref.embed(x), atol=1e-6)
     assert e.compiled  # still compiled: only the batch was too large
+
+
+def test_gpu_path_batches_keep_file_bytes_in_flight_within_memory():
+    from imgembed.loader import PREFETCH, RAW_MEMORY_SHARE, raw_batch_cap
+
+    gib = 1 << 30
+    # 16 workers x 4 batches of 6 MB camera photos on a 128 GiB machine: at most 32 GiB in flight
+    cap = raw_batch_cap(6e6, workers=16, memory_bytes=128 * gib)
+    assert (16 * PREFETCH + 2) * cap * 6e6 <= RAW_MEMORY_SHARE * 128 * gib < (16 * PREFETCH + 2) * (cap + 1) * 6e6
+    assert cap < GPU_BATCH_MAX  # so the GPU's own choice of 256 would be cut down
+    assert raw_batch_cap(200e3, workers=16, memory_bytes=128 * gib) > GPU_BATCH_MAX  # 640x480 files: no cut
+    assert raw_batch_cap(1e12, workers=8, memory_bytes=8 * gib) == 1
+    assert raw_batch_cap(1e6, workers=2) >= 1  # this machine's memory

@@ -151,3 +151,37 @@ def test_gpu_mode_of_the_loader_matches_the_cpu_mode(tmp_path, monkeypatch, work
 
 def test_gpu_decode_needs_cuda():
     assert not gpu_decode.gpu_decode_available(CPU)
+
+
+def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_path, monkeypatch):
+    """The indexer's GPU branch: nvJPEG (stand-in) decoding, the batch cut by the memory cap."""
+    from conftest import TINY, write_photos
+    from imgembed import indexer
+    from imgembed.config import BackboneCfg, IndexJobCfg
+    from imgembed.snapshot import Snapshot
+
+    write_photos(tmp_path / "p", 10)
+    cfg = IndexJobCfg(backbone=BackboneCfg(name=TINY))
+    cfg.embed.workers = 0
+    indexer.index_folder(tmp_path / "p", tmp_path / "cpu", cfg)
+
+    monkeypatch.setattr(gpu_decode, "_default_decoder", lambda: cpu_decoder)
+    monkeypatch.setattr(indexer, "gpu_decode_available", lambda device: True)
+    caps, sizes = [], []
+    monkeypatch.setattr(indexer, "raw_batch_cap", lambda mean, workers: caps.append(mean) or 3)
+    real = indexer.iter_batches
+    monkeypatch.setattr(indexer, "iter_batches",
+                        lambda items, pre, c, bs, *a, **k: sizes.append((bs, k.get("gpu_device")))
+                        or real(items, pre, c, bs, *a, **k))
+    s = indexer.index_folder(tmp_path / "p", tmp_path / "gpu", cfg)
+    files = sorted((tmp_path / "p").glob("*.jpg"))
+    assert s.indexed == 10 and not s.skipped
+    assert caps == [pytest.approx(sum(f.stat().st_size for f in files) / 10)]
+    assert sizes == [(3, CPU)]  # 32 cut to 3; decoded on the "GPU" path
+    cpu_snap, gpu_snap = Snapshot(tmp_path / "cpu"), Snapshot(tmp_path / "gpu")
+    by_path = lambda snap: {r.relpath: r.id for r in snap.iter_rows()}  # noqa: E731
+    a, b = by_path(cpu_snap), by_path(gpu_snap)
+    assert a.keys() == b.keys()
+    va, vb = cpu_snap.vectors(a.values()), gpu_snap.vectors(b.values())
+    cos = [float(va[a[k]] @ vb[b[k]]) for k in a]
+    assert min(cos) > 0.99, cos
