@@ -40,7 +40,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default=BackboneCfg.pool, choices=["gem", "avg"], help="CNN feature pooling")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--compile", nargs="?", const="on", default=BackboneCfg.compile, choices=COMPILE_MODES,
-                   help="torch.compile the model: auto (CNNs on a CPU from 3,000 photos: 1.5x faster after "
+                   help="torch.compile the model: auto (CNNs on a CPU from 5,000 photos: 1.4x faster after "
                         "a one-off compile of about 30 s), on, off")
     p.add_argument("--batch-size", type=int, default=EmbedCfg.batch_size,
                    help="photos per batch; 0 (default): 32 on a CPU, on CUDA what the free GPU memory holds")

@@ -36,8 +36,8 @@ class BackboneCfg:
     pool: str = "gem"
     # Precision: "auto" picks per device (bf16 on CUDA, fp32 on CPU, where bf16 is slower).
     precision: str = "auto"
-    # torch.compile the backbone: "on", "off", or "auto": CNNs on a CPU from 3,000 photos to embed
-    # (1.5x faster there after a one-off compile of about 30 s; imgembed.embedder says more).
+    # torch.compile the backbone: "on", "off", or "auto": CNNs on a CPU from 5,000 photos to embed
+    # (1.4x faster there after a one-off compile of about 30 s; imgembed.embedder says more).
     compile: str = "auto"
 
 

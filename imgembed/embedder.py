@@ -34,11 +34,12 @@ def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 # compile="auto" compiles a CNN backbone on a CPU from this many photos to embed. Measured with
-# EfficientNet-Lite0 on 2 cores (scripts/bench_pipeline.py): 43 against 28 images/s end to end,
-# after a one-off compilation of 33 s (5 s once torch's kernel cache holds it), so compiling pays
-# from about 2,500 photos. ViT backbones gain nothing there (ViT-B-32: 13.0 against 13.3), and on
-# a GPU the pipeline is bound by decoding, so neither is compiled unless asked.
-AUTO_COMPILE_MIN_IMAGES = 3000
+# EfficientNet-Lite0 on 2 cores, `imgembed index` of 3,781 photos: 127 s uncompiled, 126 s compiled
+# with an empty kernel cache (compiling took 33 s of it), 90 s with a warm one; so compiling pays
+# from about 3,400 photos the first time, and this threshold leaves a margin. ViT backbones gain
+# nothing there (ViT-B-32: 13.0 against 13.3 images/s), and on a GPU the pipeline is bound by
+# decoding, so neither is compiled unless asked.
+AUTO_COMPILE_MIN_IMAGES = 5000
 
 
 def compile_mode(value: str | bool) -> str:
