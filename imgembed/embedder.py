@@ -44,7 +44,7 @@ AUTO_COMPILE_MIN_IMAGES = 5000
 
 def compile_mode(value: str | bool) -> str:
     """``"auto"``, ``"on"`` or ``"off"`` (``True``/``False`` from older configs are on/off)."""
-    mode = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    mode = ("on" if value else "off") if isinstance(value, bool) else value
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
     return mode
@@ -155,8 +155,7 @@ class Embedder:
         return int(torch.cuda.mem_get_info(self.device)[0]), per_image
 
     def __getstate__(self) -> dict:  # sent to Ray actors: compiled code does not pickle; recompile there
-        state = dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False)
-        return state
+        return dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
