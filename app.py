@@ -18,17 +18,17 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from imgembed.backbones import BackboneError
 from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
-from imgembed import vector_index
-from imgembed.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph, neighbour_graph_chunked
-from imgembed.head import HeadError
+from imgembed.index import faiss_index
+from imgembed.index.format import Row, StoreError
 from imgembed.indexer import index_folder
-from imgembed.projection import grid_shape, pca_2d, snap_to_grid
-from imgembed.reader import ImageSkipped, open_image
-from imgembed.search import Hit, Searcher
-from imgembed.store_format import Row, StoreError
-from imgembed.thumbnails import contact_map, fit, jpeg_bytes, thumbnail
+from imgembed.ingest.reader import ImageSkipped, open_image
+from imgembed.model.backbones import BackboneError
+from imgembed.model.head import HeadError
+from imgembed.query.collection import grid_shape, pca_2d, snap_to_grid
+from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph, neighbour_graph_chunked
+from imgembed.query.search import Hit, Searcher
+from imgembed.query.thumbnails import contact_map, fit, jpeg_bytes, thumbnail
 
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -93,7 +93,7 @@ def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> Neighbou
         return neighbour_graph(*vectors_of(_searcher, ids), k=8)
     index = _searcher.snapshot.index  # large collections: ask the index itself, chunk by chunk
     chunks = (vectors_of(_searcher, part) for part in np.array_split(ids, len(ids) // 10_000 + 1))
-    return neighbour_graph_chunked(chunks, lambda q, k: vector_index.search(index, q, k), k=8)
+    return neighbour_graph_chunked(chunks, lambda q, k: faiss_index.search(index, q, k), k=8)
 
 
 @st.cache_data(max_entries=4, show_spinner="Drawing the map…")

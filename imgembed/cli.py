@@ -10,13 +10,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from imgembed.backbones import BackboneError
 from imgembed.config import COMPILE_MODES, DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexCfg, IndexJobCfg, ReaderCfg
-from imgembed.head import HeadError
-from imgembed.losses import LOSSES
-from imgembed.reader import ImageSkipped
-from imgembed.store_format import StoreError
-from imgembed.train import TrainCfg
+from imgembed.index.format import StoreError
+from imgembed.ingest.reader import ImageSkipped
+from imgembed.learn.losses import LOSSES
+from imgembed.learn.train import TrainCfg
+from imgembed.model.backbones import BackboneError
+from imgembed.model.head import HeadError
 
 logger = logging.getLogger("imgembed")
 
@@ -178,7 +178,7 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from imgembed.search import Searcher
+    from imgembed.query.search import Searcher
 
     s = Searcher(a.index, device=a.device, mmap=a.mmap)
     if a.text:
@@ -198,7 +198,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from imgembed.search import Searcher
+    from imgembed.query.search import Searcher
 
     info = Searcher(a.index, mmap=a.mmap).info()
     if a.json:
@@ -213,8 +213,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from imgembed.embedder import Embedder
-    from imgembed.evaluate import project, score
+    from imgembed.learn.evaluate import project, score
+    from imgembed.model.embedder import Embedder
 
     if a.head:
         return _eval_compare(a)
@@ -232,7 +232,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _eval_features(a: argparse.Namespace, embedder):
     """Raw features of the gallery and queries (cached), with a progress bar; skipped files listed."""
-    from imgembed.evaluate import load_features
+    from imgembed.learn.evaluate import load_features
 
     update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
     try:
@@ -247,10 +247,10 @@ def _eval_features(a: argparse.Namespace, embedder):
 
 
 def _eval_compare(a: argparse.Namespace) -> int:
-    from imgembed.backbones import create_backbone
-    from imgembed.embedder import Embedder
-    from imgembed.evaluate import compare, format_table, plot_comparison
-    from imgembed.head import load_head, read_head_info
+    from imgembed.learn.evaluate import compare, format_table, plot_comparison
+    from imgembed.model.backbones import create_backbone
+    from imgembed.model.embedder import Embedder
+    from imgembed.model.head import load_head, read_head_info
 
     backbone = create_backbone(_backbone_cfg(a))
     heads = []
@@ -274,8 +274,8 @@ def cmd_train_head(a: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from imgembed.embedder import Embedder
-    from imgembed.train import load_training_features, save_trained_head, train_head
+    from imgembed.learn.train import load_training_features, save_trained_head, train_head
+    from imgembed.model.embedder import Embedder
 
     cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
@@ -316,7 +316,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from imgembed.verify import repair, verify
+    from imgembed.index.verify import repair, verify
 
     report = repair(a.index, a.drop_missing, a.wait) if a.repair else verify(a.index)
     print("\n".join(report.lines()))
@@ -371,7 +371,7 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
 
 
 def cmd_build_index(a: argparse.Namespace) -> int:
-    from imgembed.shards import build_index
+    from imgembed.distributed.shards import build_index
 
     update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
     try:

@@ -18,15 +18,15 @@ from typing import Callable
 
 import numpy as np
 
-from imgembed import fs
 from imgembed.config import IndexJobCfg, resolve_workers
-from imgembed.embedder import Embedder
-from imgembed.gpu_decode import gpu_decode_available
-from imgembed.head import head_paths
-from imgembed.loader import iter_batches, raw_batch_cap
-from imgembed.reader import ImageSkipped, hash_file
-from imgembed.store import PublishStats, StoreWriter
-from imgembed.store_format import IDENTITY_KEYS, MANIFEST, NewFile, check_identity, read_manifest
+from imgembed.index.format import IDENTITY_KEYS, MANIFEST, NewFile, check_identity, read_manifest
+from imgembed.index.store import PublishStats, StoreWriter
+from imgembed.ingest import fs
+from imgembed.ingest.gpu_decode import gpu_decode_available
+from imgembed.ingest.loader import iter_batches, raw_batch_cap
+from imgembed.ingest.reader import ImageSkipped, hash_file
+from imgembed.model.embedder import Embedder
+from imgembed.model.head import head_paths
 
 logger = logging.getLogger(__name__)
 

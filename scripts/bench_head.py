@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from imgembed.config import BackboneCfg, EmbedCfg, ReaderCfg
-from imgembed.embedder import Embedder
-from imgembed.train import TrainCfg, load_training_features, train_head
+from imgembed.learn.train import TrainCfg, load_training_features, train_head
+from imgembed.model.embedder import Embedder
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "clothing-small"
 

@@ -4,7 +4,7 @@
 
 Without FOLDER (or when it does not exist) N distinct tiny JPEGs are written there first (one
 32x32 JPEG with a different comment segment per file: distinct content hashes, no encoding cost).
-Prints: the first index run, a bare scan of the folder (``imgembed.fs.scan``: one ``stat`` per
+Prints: the first index run, a bare scan of the folder (``imgembed.ingest.fs.scan``: one ``stat`` per
 file), the re-index of the unchanged folder and its ratio to the scan, and what building the
 model would have added (the re-index no longer builds it).
 """
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="backbone whose build time the unchanged re-index avoids (printed for reference)")
     a = p.parse_args(argv)
 
-    from imgembed import fs
     from imgembed.config import BackboneCfg, IndexJobCfg, ReaderCfg
-    from imgembed.embedder import Embedder
     from imgembed.indexer import index_folder
+    from imgembed.ingest import fs
+    from imgembed.model.embedder import Embedder
 
     if not a.folder.exists():
         t = time.perf_counter()

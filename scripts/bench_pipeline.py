@@ -35,8 +35,8 @@ def decode_only(items, pre, reader_cfg, batch_size, workers, repeat, device) -> 
     """Images/s of the decode path the indexer uses on ``device`` (nvJPEG on CUDA)."""
     import torch
 
-    from imgembed.gpu_decode import gpu_decode_available
-    from imgembed.loader import iter_batches
+    from imgembed.ingest.gpu_decode import gpu_decode_available
+    from imgembed.ingest.loader import iter_batches
 
     on_gpu = device.type == "cuda"
     gpu = device if gpu_decode_available(device) else None
@@ -69,7 +69,7 @@ def precision_cosines(embedder, items, reader_cfg, n: int = 64) -> dict[str, tup
     import numpy as np
     import torch
 
-    from imgembed.loader import iter_batches
+    from imgembed.ingest.loader import iter_batches
 
     pixels = torch.cat([b.pixels for b in iter_batches(items[:n], embedder.preprocess, reader_cfg, 32, 0)])
     saved = embedder.dtype
@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from imgembed import fs
     from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, resolve_workers
-    from imgembed.embedder import Embedder
+    from imgembed.ingest import fs
+    from imgembed.model.embedder import Embedder
 
     workers = resolve_workers(a.workers)
     reader_cfg = ReaderCfg()

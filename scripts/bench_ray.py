@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from imgembed import fs, shards
     from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
+    from imgembed.distributed import shards
     from imgembed.distributed.ray_job import RayCfg, embed_to_shards
-    from imgembed.embedder import Embedder
+    from imgembed.index.snapshot import Snapshot
     from imgembed.indexer import index_folder
-    from imgembed.snapshot import Snapshot
+    from imgembed.ingest import fs
+    from imgembed.model.embedder import Embedder
 
     files = fs.scan(a.folder, ReaderCfg()).files[: a.n]
     if not files:

@@ -3,7 +3,7 @@
     python scripts/bench_scan.py [--entries 100000] [--images 100]
 
 Creates ENTRIES empty non-image files and IMAGES small JPEGs in a temporary folder (on /dev/shm
-when there is one), then times ``imgembed.fs.scan`` over it, cold and warm. Prints figures only.
+when there is one), then times ``imgembed.ingest.fs.scan`` over it, cold and warm. Prints figures only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 
 from PIL import Image
 
-from imgembed import fs
 from imgembed.config import ReaderCfg
+from imgembed.ingest import fs
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ approximate index look broken (no photo collection looks like them), so the N ve
 from real photos instead:
 
 1. Raw EfficientNet-Lite0 features of the clothing-small photos (train + validation + test; cached
-   by ``imgembed.features``), the "anchors".
+   by ``imgembed.learn.feature_cache``), the "anchors".
 2. Real augmentation deltas: features of random crops / flips / colour jitter of a sample of those
    photos minus the features of the photo itself.
 3. Each of the N vectors is a base plus a real delta (taken from another photo) scaled by
@@ -44,9 +44,9 @@ def real_features(n_crop_photos: int, crops_per_photo: int, seed: int = 0):
     import torchvision.transforms.v2 as T
 
     from imgembed.config import BackboneCfg, EmbedCfg, ReaderCfg
-    from imgembed.embedder import Embedder
-    from imgembed.features import extract_features
-    from imgembed.reader import open_image, read_bytes, to_tensor
+    from imgembed.ingest.reader import open_image, read_bytes, to_tensor
+    from imgembed.learn.feature_cache import extract_features
+    from imgembed.model.embedder import Embedder
 
     paths = sorted(os.fsencode(p) for p in CLOTHING.rglob("*.jpg"))
     if not paths:
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
 
-    from imgembed import vector_index
     from imgembed.config import IndexCfg
+    from imgembed.index import faiss_index
 
     faiss.omp_set_num_threads(a.threads)
     rng = np.random.default_rng(1)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exact top-10 of the queries in {time.perf_counter() - t:.1f} s")
 
     cfg = IndexCfg()
-    auto = vector_index.choose_type(cfg, a.n, a.dim)
+    auto = faiss_index.choose_type(cfg, a.n, a.dim)
     print(f"auto picks: {auto}")
     print(f"load average {os.getloadavg()[0]:.1f} (other processes share the {os.cpu_count()} CPUs); "
           "latency: one query at a time; wall = elapsed, cpu = the query thread's CPU time")
@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{'cpu p99':>7s} {'batch QPS':>10s} {'recall@10':>9s} {'B/vector':>9s}")
     for kind in a.types.split(","):
         t = time.perf_counter()
-        train = X[rng.choice(a.n, min(a.n, 262_144), replace=False)] if vector_index.needs_training(kind) else None
-        index = vector_index.build(kind, a.dim, cfg, iter([(ids, X)]), train, a.n)
+        train = X[rng.choice(a.n, min(a.n, 262_144), replace=False)] if faiss_index.needs_training(kind) else None
+        index = faiss_index.build(kind, a.dim, cfg, iter([(ids, X)]), train, a.n)
         if train is not None and cfg.target_recall > 0:  # as the store does after training lists
             c = time.perf_counter()
-            sample = rng.choice(a.n, vector_index.CALIBRATION_QUERIES, replace=False)
-            cal = vector_index.calibrate(index, ids[sample], X[sample], cfg.target_recall)
+            sample = rng.choice(a.n, faiss_index.CALIBRATION_QUERIES, replace=False)
+            cal = faiss_index.calibrate(index, ids[sample], X[sample], cfg.target_recall)
             print(f"{kind}: calibrated {cal.describe()} in {time.perf_counter() - c:.1f} s "
                   "(included in build s)", flush=True)
         build_s = time.perf_counter() - t
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 faiss.write_index(index, path)
                 del index
                 t = time.perf_counter()
-                mapped = vector_index.read(path, mmap=True)
+                mapped = faiss_index.read(path, mmap=True)
                 load_s = time.perf_counter() - t
                 _, got = mapped.search(Q, 10)
                 lat = latency(mapped, Q)

@@ -7,7 +7,7 @@ Prints:
    one process, with the mean size of the photos;
 2. model: ms per photo of the default backbone (EfficientNet-Lite0, fp32, batch 32, all cores);
    both as wall time and as CPU time (core-ms: the figure that holds on a shared, loaded machine);
-3. index: bytes per vector of an IVF-PQ index (the store's own ``vector_index.new_index``) and of
+3. index: bytes per vector of an IVF-PQ index (the store's own ``faiss_index.new_index``) and of
    the store's SQLite metadata (which keeps every full-precision vector), at 128-d and 1280-d;
    add: seconds per million vectors to add to a 128-d IVF-PQ with nlist 2,564 (the most the store's
    100k training sample allows) and 65,536 (what 1B vectors want);
@@ -39,10 +39,10 @@ def unit(n: int, d: int, seed: int) -> np.ndarray:
 def measure_decode(folder: str, n: int) -> None:
     from PIL import Image
 
-    from imgembed import fs
-    from imgembed.backbones import Preprocess
     from imgembed.config import ReaderCfg
-    from imgembed.reader import decode_file
+    from imgembed.ingest import fs
+    from imgembed.ingest.reader import decode_file
+    from imgembed.model.backbones import Preprocess
 
     files = fs.scan(folder, ReaderCfg()).files[:n]
     paths = [fs.abspath(folder, f.relpath) for f in files]
@@ -63,7 +63,7 @@ def measure_model(batches: int = 4) -> None:
     import torch
 
     from imgembed.config import BackboneCfg
-    from imgembed.embedder import Embedder
+    from imgembed.model.embedder import Embedder
 
     e = Embedder.from_cfg(BackboneCfg(device="cpu"))
     x = torch.randint(0, 256, (32, 3, 224, 224), dtype=torch.uint8)
@@ -80,17 +80,17 @@ def measure_model(batches: int = 4) -> None:
 def measure_index_bytes(work: Path, n: int, dims: tuple[int, ...] = (128, 1280)) -> None:
     import faiss
 
-    from imgembed import vector_index
     from imgembed.config import IndexCfg
-    from imgembed.store import StoreWriter
-    from imgembed.store_format import NewFile
+    from imgembed.index import faiss_index
+    from imgembed.index.format import NewFile
+    from imgembed.index.store import StoreWriter
 
     for dim, n in ((d, n if d <= 512 else max(3000, n // 8)) for d in dims):
         x = unit(n, dim, 1)
         # Bytes per vector depend neither on nlist nor on n (past the fixed centroids and codebooks):
         # keep training cheap, and n small at 1280-d, where training 320 sub-quantisers is slow.
-        index = vector_index.new_index("ivfpq", dim, IndexCfg(index_type="ivfpq", ivf_nlist=64), x)
-        vector_index.add(index, np.arange(n, dtype=np.int64), x)
+        index = faiss_index.new_index("ivfpq", dim, IndexCfg(index_type="ivfpq", ivf_nlist=64), x)
+        faiss_index.add(index, np.arange(n, dtype=np.int64), x)
         path = work / f"ivfpq{dim}.faiss"
         faiss.write_index(index, str(path))
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
@@ -132,8 +132,8 @@ def measure_add(n: int, dim: int = 128) -> None:
 
 
 def measure_build(work: Path, n: int) -> None:
-    from imgembed import shards
     from imgembed.config import IndexCfg
+    from imgembed.distributed import shards
 
     dim, size = 128, 10_000
     d = work / "shards"
@@ -141,7 +141,7 @@ def measure_build(work: Path, n: int) -> None:
     files = [(f"c{i % 10}/{i:08d}.jpg".encode(), 123_456, 1_700_000_000_000_000_000 + i) for i in range(n)]
     ident = {"backbone": "synthetic", "backbone_fingerprint": "x", "pool": None, "head_fingerprint": None,
              "dim": dim, "preprocess": {}}
-    from imgembed.fs import FileEntry
+    from imgembed.ingest.fs import FileEntry
 
     shards.write_listing(d, [FileEntry(*f) for f in files])
     shards.write_manifest(d, shards.new_manifest(work, ident, size, n, False, {}))

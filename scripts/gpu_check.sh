@@ -51,10 +51,10 @@ echo "== 1. GPU decode unit tests"
 echo "== 2. GPU decode vs CPU decode (same photos, same model)"
 "$PY" - "$WORK" <<'EOF'
 import sys, glob, os, torch, numpy as np
-from imgembed import gpu_decode
+from imgembed.ingest import gpu_decode
 from imgembed.config import BackboneCfg, ReaderCfg
-from imgembed.embedder import Embedder
-from imgembed.loader import iter_batches
+from imgembed.model.embedder import Embedder
+from imgembed.ingest.loader import iter_batches
 work = sys.argv[1]
 emb = Embedder.from_cfg(BackboneCfg(name="efficientnet-lite0", device="cuda"))
 for folder in ("vga", "12mp"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import ASSETS
+
 from imgembed.config import EmbedCfg, IndexJobCfg
 
 _built: dict[str, Path] = {}

@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import ASSETS, TINY, write_photos
 from demo_index import demo_index
+from PIL import Image
+
 from imgembed.cli import main as cli
-from imgembed.search import Searcher
+from imgembed.query.search import Searcher
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 HAT = ASSETS / "hat" / "2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg"

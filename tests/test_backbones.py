@@ -2,10 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgembed.backbones import BackboneError, create_backbone, known_backbones
 from imgembed.config import BackboneCfg
-from imgembed.embedder import Embedder
-from imgembed.reader import to_tensor
+from imgembed.ingest.reader import to_tensor
+from imgembed.model.backbones import BackboneError, create_backbone, known_backbones
+from imgembed.model.embedder import Embedder
 
 
 @pytest.fixture(params=["test-tiny", "efficientnet-lite0", "clip", "torchvision"])

@@ -5,11 +5,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
-from imgembed import embedder as embedder_mod
+
 from imgembed.config import BackboneCfg
-from imgembed.embedder import CPU_BATCH, GPU_BATCH_MAX, GPU_BATCH_MIN, Embedder, batch_for_memory
+from imgembed.model import embedder as embedder_mod
+from imgembed.model.embedder import CPU_BATCH, GPU_BATCH_MAX, GPU_BATCH_MIN, Embedder, batch_for_memory
 
 
 def test_batch_for_memory():
@@ -79,7 +79,7 @@ def test_out_of_memory_while_compiling_is_not_taken_for_a_compiler_failure(monke
 
 
 def test_gpu_path_batches_keep_file_bytes_in_flight_within_memory():
-    from imgembed.loader import PREFETCH, RAW_MEMORY_SHARE, raw_batch_cap
+    from imgembed.ingest.loader import PREFETCH, RAW_MEMORY_SHARE, raw_batch_cap
 
     gib = 1 << 30
     # 16 workers x 4 batches of 6 MB camera photos on a 128 GiB machine: at most 32 GiB in flight

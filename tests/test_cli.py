@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import ASSETS, TINY
+
 from imgembed.cli import main
 
 

@@ -3,6 +3,7 @@
 import json
 
 from conftest import TINY
+
 from imgembed.cli import main
 
 

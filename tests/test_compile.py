@@ -6,13 +6,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
-from imgembed import embedder as embedder_mod
-from imgembed.backbones import create_backbone
+
 from imgembed.cli import build_parser
 from imgembed.config import BackboneCfg
-from imgembed.embedder import AUTO_COMPILE_MIN_IMAGES, Embedder, compile_mode, worth_compiling
+from imgembed.model import embedder as embedder_mod
+from imgembed.model.backbones import create_backbone
+from imgembed.model.embedder import AUTO_COMPILE_MIN_IMAGES, Embedder, compile_mode, worth_compiling
 
 
 def pixels(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -27,7 +27,7 @@ def test_cnns_and_vits_are_told_apart(tiny_clip, tiny_torchvision):
     # CLIP's RN50-style image tower is a CNN (its attention pool included), whatever its text tower
     from open_clip.modified_resnet import ModifiedResNet
 
-    from imgembed.backbones import mostly_convolutional
+    from imgembed.model.backbones import mostly_convolutional
     assert mostly_convolutional(ModifiedResNet(layers=(2, 2, 2, 2), output_dim=32, heads=2, image_size=64, width=16))
 
 

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY, make_photo, write_photos
-from imgembed import cli, fs
+
+from imgembed import cli
 from imgembed.config import BackboneCfg, IndexJobCfg
+from imgembed.index.format import DB, LOCK, connect, faiss_name
+from imgembed.index.verify import verify
 from imgembed.indexer import index_folder
-from imgembed.search import Searcher
-from imgembed.store_format import DB, LOCK, connect, faiss_name
-from imgembed.verify import verify
+from imgembed.ingest import fs
+from imgembed.query.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("IMGEMBED_KILLS", "20"))

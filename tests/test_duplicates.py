@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from imgembed.duplicates import duplicate_groups, neighbour_graph, neighbour_graph_chunked
+from imgembed.query.duplicates import duplicate_groups, neighbour_graph, neighbour_graph_chunked
 
 
 def unit(x: np.ndarray) -> np.ndarray:

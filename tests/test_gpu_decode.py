@@ -6,14 +6,14 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import make_photo
 from PIL import Image, ImageOps
 
-from conftest import make_photo
-from imgembed import gpu_decode
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.loader import iter_batches
-from imgembed.reader import ImageSkipped, decode_file
+from imgembed.ingest import gpu_decode
+from imgembed.ingest.loader import iter_batches
+from imgembed.ingest.reader import ImageSkipped, decode_file
+from imgembed.model.backbones import Preprocess
 
 CPU = torch.device("cpu")
 PRE = Preprocess(size=64, resize=72, interpolation="bicubic")
@@ -156,9 +156,10 @@ def test_gpu_decode_needs_cuda():
 def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_path, monkeypatch):
     """The indexer's GPU branch: nvJPEG (stand-in) decoding, the batch cut by the memory cap."""
     from conftest import TINY, write_photos
+
     from imgembed import indexer
     from imgembed.config import BackboneCfg, IndexJobCfg
-    from imgembed.snapshot import Snapshot
+    from imgembed.index.snapshot import Snapshot
 
     write_photos(tmp_path / "p", 10)
     cfg = IndexJobCfg(backbone=BackboneCfg(name=TINY))

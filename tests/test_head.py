@@ -5,18 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import ASSETS, TINY
-from imgembed.backbones import create_backbone
-from imgembed.baselines import fit_pca, pca_basis
+
 from imgembed.cli import main
 from imgembed.config import BackboneCfg
-from imgembed.embedder import Embedder
-from imgembed.head import HeadCfg, HeadError, ProjectionHead, load_head, read_head_info, save_head
-from imgembed.metrics import retrieval_metrics
-from imgembed.search import Searcher
-from imgembed.store_format import StoreError
-from imgembed.train import TrainCfg, mean_average_precision, split_validation, train_head
+from imgembed.index.format import StoreError
+from imgembed.learn.baselines import fit_pca, pca_basis
+from imgembed.learn.metrics import retrieval_metrics
+from imgembed.learn.train import TrainCfg, mean_average_precision, split_validation, train_head
+from imgembed.model.backbones import create_backbone
+from imgembed.model.embedder import Embedder
+from imgembed.model.head import HeadCfg, HeadError, ProjectionHead, load_head, read_head_info, save_head
+from imgembed.query.search import Searcher
 
 
 def clustered(n_per=30, n_cls=4, dim=48, seed=0, noise=1.0):

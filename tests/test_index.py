@@ -5,13 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import TINY, make_photo, write_photos
+
 from imgembed.config import BackboneCfg, IndexCfg, IndexJobCfg
+from imgembed.index.format import StoreError
+from imgembed.index.store import StoreWriter
 from imgembed.indexer import index_folder
-from imgembed.search import Searcher
-from imgembed.store import StoreWriter
-from imgembed.store_format import StoreError
+from imgembed.query.search import Searcher
 
 
 def cfg(**kw) -> IndexJobCfg:
@@ -99,7 +99,7 @@ def test_ivfpq_index_through_the_store(tmp_path):
     c.index = IndexCfg(index_type="ivfpq")
     index_folder(folder, tmp_path / "ix", c)
     s = Searcher(tmp_path / "ix")
-    from imgembed.vector_index import ids_of
+    from imgembed.index.faiss_index import ids_of
     ids = sorted(r.id for r in s.snapshot.iter_rows())
     assert s.snapshot.index_type == "ivfpq" and sorted(ids_of(s.snapshot.index)) == ids
     hits = s.search_image_file(folder / "img0004.jpg", k=5)
@@ -159,7 +159,7 @@ def test_interrupted_run_keeps_vectors_and_finishes(photos, tmp_path, monkeypatc
     c = cfg()
     c.commit_every = 8
     c.embed.batch_size = 8
-    from imgembed import store
+    from imgembed.index import store
 
     def boom(self):
         raise KeyboardInterrupt

@@ -3,12 +3,12 @@
 import os
 
 import pytest
-
 from conftest import TINY, write_photos
+
 from imgembed.config import BackboneCfg, IndexJobCfg
-from imgembed.embedder import Embedder
+from imgembed.index.format import StoreError
 from imgembed.indexer import index_folder
-from imgembed.store_format import StoreError
+from imgembed.model.embedder import Embedder
 
 
 def cfg(name: str = TINY) -> IndexJobCfg:
@@ -68,7 +68,7 @@ def test_another_embedder_is_refused_even_when_nothing_changed(photos, tmp_path)
 def test_same_name_other_weights_is_refused_once_something_needs_embedding(photos, tmp_path, monkeypatch):
     ix = tmp_path / "ix"
     index_folder(photos, ix, cfg())
-    from imgembed.backbones.tiny import TinyCNN
+    from imgembed.model.backbones.tiny import TinyCNN
 
     real_init = TinyCNN.__init__
     monkeypatch.setattr(TinyCNN, "__init__", lambda self, dim, seed=0: real_init(self, dim, seed=7))

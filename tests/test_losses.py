@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imgembed.losses import LOSSES, BatchHardTriplet, ProxyAnchor, SupCon, create_loss
+from imgembed.learn.losses import LOSSES, BatchHardTriplet, ProxyAnchor, SupCon, create_loss
 
 
 def _batch(seed=0, n=7, d=5):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgembed.metrics import average_precision, retrieval_metrics
+from imgembed.learn.metrics import average_precision, retrieval_metrics
 
 
 def test_average_precision_by_hand():

@@ -18,15 +18,16 @@ ray = pytest.importorskip("ray", reason="the Ray engine is the optional extra im
 pq = pytest.importorskip("pyarrow.parquet")
 
 from conftest import TINY, write_photos  # noqa: E402
-from imgembed import shards  # noqa: E402
+
 from imgembed.cli import main  # noqa: E402
 from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg  # noqa: E402
+from imgembed.distributed import shards  # noqa: E402
 from imgembed.distributed.ray_job import RayCfg, embed_to_shards  # noqa: E402
-from imgembed.embedder import Embedder  # noqa: E402
+from imgembed.index.format import StoreError  # noqa: E402
+from imgembed.index.snapshot import Snapshot  # noqa: E402
 from imgembed.indexer import index_folder  # noqa: E402
-from imgembed.search import Searcher  # noqa: E402
-from imgembed.snapshot import Snapshot  # noqa: E402
-from imgembed.store_format import StoreError  # noqa: E402
+from imgembed.model.embedder import Embedder  # noqa: E402
+from imgembed.query.search import Searcher  # noqa: E402
 
 N = 24
 SHARD = 10  # 25 files (24 photos and a broken one) -> 3 shards

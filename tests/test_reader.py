@@ -4,12 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from conftest import make_photo
 from PIL import Image
 
-from conftest import make_photo
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.reader import ImageSkipped, decode_file, decode_query, open_image, to_rgb
+from imgembed.ingest.reader import ImageSkipped, decode_file, decode_query, open_image, to_rgb
+from imgembed.model.backbones import Preprocess
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
 

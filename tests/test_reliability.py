@@ -23,16 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_photo, write_photos
 from PIL import Image
 
-from conftest import TINY, make_photo, write_photos
-from imgembed import cli, fs, indexer, reader, store, store_format, vector_index
+from imgembed import cli, indexer
 from imgembed.config import BackboneCfg, IndexCfg, IndexJobCfg
-from imgembed.head import HeadError, load_head
+from imgembed.index import faiss_index, store
+from imgembed.index import format as index_format
+from imgembed.index.format import StoreError
+from imgembed.index.verify import verify
 from imgembed.indexer import index_folder
-from imgembed.search import Searcher
-from imgembed.store_format import StoreError
-from imgembed.verify import verify
+from imgembed.ingest import fs, reader
+from imgembed.model.head import HeadError, load_head
+from imgembed.query.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = os.geteuid() == 0
@@ -289,8 +292,8 @@ def test_scan_of_a_folder_with_100k_entries(tmp_path):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from imgembed.backbones import Preprocess  # noqa: E402
 from imgembed.config import ReaderCfg  # noqa: E402
+from imgembed.model.backbones import Preprocess  # noqa: E402
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
 FUZZ_EXAMPLES = int(os.environ.get("IMGEMBED_FUZZ_EXAMPLES", "300"))
@@ -544,8 +547,8 @@ def _env() -> dict:
 
 HOLD_LOCK = """
 import sys
-from imgembed.store import StoreWriter
-from imgembed.search import Searcher
+from imgembed.index.store import StoreWriter
+from imgembed.query.search import Searcher
 from imgembed.config import IndexCfg
 ix = sys.argv[1]
 ident = Searcher(ix).embedder.identity()
@@ -624,7 +627,7 @@ def test_readers_see_one_generation_during_writes(photos, tmp_path):
         while writer.poll() is None:
             with s.snapshot.read():
                 snap = s.snapshot
-                ids = np.sort(vector_index.ids_of(snap.index))
+                ids = np.sort(faiss_index.ids_of(snap.index))
                 visible = snap.visible_ids()
                 assert snap.count == len(visible) and np.array_equal(ids, visible), (snap.generation, len(visible))
                 hits = s.search_vectors(q, k=5)[0]  # nested: the same pinned generation
@@ -650,7 +653,7 @@ def test_readers_see_one_generation_during_writes(photos, tmp_path):
 def _db(ix: Path):
     import sqlite3
 
-    return sqlite3.connect(ix / store_format.DB, isolation_level=None)
+    return sqlite3.connect(ix / index_format.DB, isolation_level=None)
 
 
 def _search_ok(ix: Path, n: int) -> None:
@@ -678,7 +681,7 @@ def test_verify_finds_a_damaged_vectors_file_and_repair_rebuilds_it(photos, tmp_
         new_ids = keep + 1000 if damage == "wrong_ids" else keep
         import faiss
 
-        faiss.write_index(vector_index.build("flat", 32, IndexCfg(), iter([(new_ids, X)])), str(f))
+        faiss.write_index(faiss_index.build("flat", 32, IndexCfg(), iter([(new_ids, X)])), str(f))
     assert cli.main(["verify", "--index", str(ix)]) == 1
     out = capsys.readouterr().out
     expected = {"delete": "is missing", "garbage": "cannot be read",
@@ -699,7 +702,7 @@ def test_repair_drops_entries_without_vectors_and_the_next_run_embeds_them(photo
         con.execute("DELETE FROM vectors WHERE hash IN (SELECT hash FROM files ORDER BY id LIMIT 2)")
     report = verify(ix)
     assert not report.ok and any("2 entries have no stored vector" in f.what for f in report.findings)
-    from imgembed.verify import repair
+    from imgembed.index.verify import repair
 
     fixed = repair(ix)
     assert fixed.ok and fixed.rows == 10

@@ -14,17 +14,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from conftest import TINY, make_photo
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import TINY, make_photo
-from imgembed import store, store_format
 from imgembed.config import BackboneCfg, IndexJobCfg, ReaderCfg
-from imgembed.embedder import Embedder
+from imgembed.index import format as index_format
+from imgembed.index import store
+from imgembed.index.snapshot import Snapshot
 from imgembed.indexer import index_folder
-from imgembed.reader import decode_file
-from imgembed.snapshot import Snapshot
+from imgembed.ingest.reader import decode_file
+from imgembed.model.embedder import Embedder
 
 NAMES = st.sampled_from(["a.jpg", "b.jpg", "c.png", "sub/d.jpg", "sub/e.png", "sub/deeper/f.jpg"])
 SEEDS = st.integers(0, 4)  # few contents, so copies and renames share vectors
@@ -113,7 +114,7 @@ class IndexMachine(RuleBasedStateMachine):
         try:
             index_folder(self.folder, self.ix, self.cfg, embedder=EMBEDDER)
         except KeyboardInterrupt:
-            self.built = self.built or (self.ix / store_format.MANIFEST).exists()
+            self.built = self.built or (self.ix / index_format.MANIFEST).exists()
         else:
             raise AssertionError("publish was not reached")
         finally:
@@ -137,7 +138,7 @@ class IndexMachine(RuleBasedStateMachine):
             assert set(rows) == set(self.published)
             assert self.snap.count == len(rows)
             if rows:
-                from imgembed.vector_index import ids_of
+                from imgembed.index.faiss_index import ids_of
                 assert sorted(ids_of(self.snap.index)) == sorted(r.id for r in rows.values())
             vecs = self.snap.vectors([r.id for r in rows.values()])
         for name, row in rows.items():

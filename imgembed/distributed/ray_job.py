@@ -1,4 +1,4 @@
-"""Embed a folder on a Ray cluster into embedding shards (see ``imgembed.shards`` for the format).
+"""Embed a folder on a Ray cluster into embedding shards (see ``imgembed.distributed.shards`` for the format).
 
 The job is a Ray Data pipeline::
 
@@ -25,11 +25,12 @@ from typing import Callable
 
 import numpy as np
 
-from imgembed import fs, shards
 from imgembed.config import IndexJobCfg
+from imgembed.distributed import shards
 from imgembed.distributed.stages import EmbedActor, decode_batch
-from imgembed.embedder import CPU_BATCH, GPU_BATCH_MAX, Embedder
-from imgembed.head import head_paths
+from imgembed.ingest import fs
+from imgembed.model.embedder import CPU_BATCH, GPU_BATCH_MAX, Embedder
+from imgembed.model.head import head_paths
 
 logger = logging.getLogger(__name__)
 

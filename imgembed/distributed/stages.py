@@ -2,7 +2,7 @@
 
 Both stages take and return Ray Data numpy batches (``dict[str, np.ndarray]``, one row per file).
 They reuse the local path's pieces: the batch loader (and so ``reader.decode_file``) decodes, and
-the same :class:`~imgembed.embedder.Embedder` (backbone + head) embeds.
+the same :class:`~imgembed.model.embedder.Embedder` (backbone + head) embeds.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 import numpy as np
 import torch
 
-from imgembed import fs
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.embedder import Embedder, pick_device, pick_dtype
-from imgembed.loader import iter_batches
+from imgembed.ingest import fs
+from imgembed.ingest.loader import iter_batches
+from imgembed.model.backbones import Preprocess
+from imgembed.model.embedder import Embedder, pick_device, pick_dtype
 
 logger = logging.getLogger(__name__)
 

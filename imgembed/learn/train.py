@@ -1,7 +1,7 @@
 """Training a projection head on cached backbone features.
 
 The head starts as the PCA projection of the training features and is trained with a
-metric-learning loss (:mod:`imgembed.losses`), keeping the epoch that scores best on a
+metric-learning loss (:mod:`imgembed.learn.losses`), keeping the epoch that scores best on a
 validation split (early stopping):
 
 - supervised (``labels="folders"``): the loss sees the class of each photo; the validation score
@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from imgembed.baselines import pca_basis
-from imgembed.head import HeadCfg, ProjectionHead, head_paths, save_head
-from imgembed.losses import ProxyAnchor, create_loss
+from imgembed.learn.baselines import pca_basis
+from imgembed.learn.losses import ProxyAnchor, create_loss
+from imgembed.model.head import HeadCfg, ProjectionHead, head_paths, save_head
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ LABEL_MODES = ("folders", "none")
 class TrainCfg:
     dim: int = 128  # output dimension
     labels: str = "folders"  # "folders": sub-folder names are classes; "none": self-supervised
-    loss: str = "supcon"  # see imgembed.losses.LOSSES
+    loss: str = "supcon"  # see imgembed.learn.losses.LOSSES
     hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
     patience: int = 10  # stop after this many epochs without a better validation score
@@ -74,7 +74,7 @@ class TrainResult:
 
 
 def mean_average_precision(sim: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray) -> float:
-    """mAP for ``sim (Q, G)``, vectorised (the same definition as :mod:`imgembed.metrics`)."""
+    """mAP for ``sim (Q, G)``, vectorised (the same definition as :mod:`imgembed.learn.metrics`)."""
     order = np.argsort(-sim, axis=1, kind="stable")
     rel = np.asarray(g_labels)[order] == np.asarray(q_labels)[:, None]  # (Q, G) relevant, best first
     n_rel = rel.sum(1)
@@ -279,9 +279,9 @@ def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg
 
     With ``labels == "folders"`` only photos inside a sub-folder count, labelled by its name.
     """
-    from imgembed import fs
-    from imgembed.evaluate import labelled_images
-    from imgembed.features import extract_features
+    from imgembed.ingest import fs
+    from imgembed.learn.evaluate import labelled_images
+    from imgembed.learn.feature_cache import extract_features
 
     if labels == "folders":
         try:

@@ -23,10 +23,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from imgembed import store_format, vector_index
 from imgembed.config import IndexCfg
-from imgembed.store import StoreWriter
-from imgembed.store_format import DB, StoreError, faiss_name
+from imgembed.index import faiss_index
+from imgembed.index import format as index_format
+from imgembed.index.format import DB, StoreError, faiss_name
+from imgembed.index.store import StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def verify(index_dir: str | Path, check_files: bool = True) -> VerifyReport:
 def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
     rep = VerifyReport(str(index_dir))
     try:
-        manifest = store_format.read_manifest(index_dir)
+        manifest = index_format.read_manifest(index_dir)
     except StoreError as e:
         rep.findings.append(Finding(ERROR, str(e)))
         return rep
@@ -91,7 +92,7 @@ def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
         rep.findings.append(Finding(ERROR, f"no {DB} beside the manifest; rebuild the index"))
         return rep
     try:
-        con = store_format.connect(index_dir, readonly=True)
+        con = index_format.connect(index_dir, readonly=True)
     except StoreError as e:
         rep.findings.append(Finding(ERROR, str(e)))
         return rep
@@ -112,11 +113,11 @@ def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyRep
         rep.findings.append(Finding(ERROR, f"{DB} is damaged ({'; '.join(check[:3])}); rebuild the index"))
         return
     version = con.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(store_format.MIGRATIONS):
+    if version > len(index_format.MIGRATIONS):
         rep.findings.append(Finding(ERROR, f"schema version {version} is newer than this imgembed; upgrade it"))
         return
-    gen = rep.generation = int(store_format.read_meta(con, "generation") or 0)
-    visible = store_format.visible(str(gen))
+    gen = rep.generation = int(index_format.read_meta(con, "generation") or 0)
+    visible = index_format.visible(str(gen))
     ids = np.fromiter((r[0] for r in con.execute(f"SELECT id FROM files WHERE {visible} ORDER BY id")), np.int64)
     rep.rows = len(ids)
 
@@ -177,7 +178,7 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
         rep.findings.append(Finding(ERROR, f"{path.name} holds {index.ntotal} vectors but {len(ids)} entries "
                                            "are visible", True))
     try:
-        stored = vector_index.ids_of(index)
+        stored = faiss_index.ids_of(index)
     except (ValueError, RuntimeError) as e:
         rep.findings.append(Finding(ERROR, f"{path.name}: cannot list its ids ({e})", True))
         return
@@ -188,9 +189,9 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
     if len(extra) or len(lost):
         rep.findings.append(Finding(ERROR, f"{path.name} and the metadata disagree: {len(extra)} ids without an "
                                            f"entry, {len(lost)} entries without a vector", True))
-    kind = store_format.read_meta(con, "index_type")
+    kind = index_format.read_meta(con, "index_type")
     try:
-        actual = vector_index.kind_of(index)
+        actual = faiss_index.kind_of(index)
     except ValueError as e:
         rep.findings.append(Finding(ERROR, f"{path.name}: {e}", True))
         return
@@ -200,9 +201,9 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
 
 
 def _raise_if_moved(index_dir: Path, gen: int) -> None:
-    con = store_format.connect(index_dir, readonly=True)
+    con = index_format.connect(index_dir, readonly=True)
     try:
-        if int(store_format.read_meta(con, "generation") or 0) != gen:
+        if int(index_format.read_meta(con, "generation") or 0) != gen:
             raise _Moved
     finally:
         con.close()

@@ -12,8 +12,8 @@ import os
 import torch
 from torch import nn
 
-from imgembed.backbones import Backbone, BackboneError, Preprocess, register, state_fingerprint
 from imgembed.config import BackboneCfg
+from imgembed.model.backbones import Backbone, BackboneError, Preprocess, register, state_fingerprint
 
 _CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 

@@ -11,9 +11,15 @@ import os
 
 import torch
 
-from imgembed.backbones import (Backbone, BackboneError, Preprocess, mostly_convolutional, register,
-                                state_fingerprint)
 from imgembed.config import BackboneCfg
+from imgembed.model.backbones import (
+    Backbone,
+    BackboneError,
+    Preprocess,
+    mostly_convolutional,
+    register,
+    state_fingerprint,
+)
 
 HOW_TO_SUPPLY = (
     "Download the weights on a machine with network (they are cached under ~/.cache/huggingface, "

@@ -3,7 +3,7 @@
 On a GPU the model is rarely the limit; decoding is. Decode workers then only read, hash and
 probe each file (header only, no pixels): plain RGB or greyscale JPEGs travel to the GPU as bytes
 and are decoded there in one batched call, everything else (PNG, WebP, CMYK JPEGs, anything the
-probe or nvJPEG rejects) is decoded on the CPU by :mod:`imgembed.reader` as usual. EXIF
+probe or nvJPEG rejects) is decoded on the CPU by :mod:`imgembed.ingest.reader` as usual. EXIF
 orientation, resize of the shorter side and the centre crop happen on the GPU too, so the batch
 that reaches the model has the same geometry as the CPU path's. A photo nvJPEG fails on is
 decoded again on the CPU, never lost.
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.reader import ImageSkipped, decode_query
+from imgembed.ingest.reader import ImageSkipped, decode_query
+from imgembed.model.backbones import Preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""The writer of an index directory (layout and consistency rules: :mod:`imgembed.store_format`).
+"""The writer of an index directory (layout and consistency rules: :mod:`imgembed.index.format`).
 
 One process at a time holds the write lock. It records files and vectors in small SQLite
 transactions that readers do not see, then publishes: a new FAISS file written atomically and the
-generation flipped in one transaction. Readers are :class:`imgembed.snapshot.Snapshot`.
+generation flipped in one transaction. Readers are :class:`imgembed.index.snapshot.Snapshot`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,25 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
-from imgembed import vector_index
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg, from_dict
-from imgembed.store_format import (DB, FORMAT_VERSION, IDENTITY_KEYS, LOCK, MANIFEST, NewFile, StoreError,
-                                   check_identity, connect, faiss_name, migrate, read_manifest, read_meta,
-                                   visible)
+from imgembed.index import faiss_index
+from imgembed.index.format import (
+    DB,
+    FORMAT_VERSION,
+    IDENTITY_KEYS,
+    LOCK,
+    MANIFEST,
+    NewFile,
+    StoreError,
+    check_identity,
+    connect,
+    faiss_name,
+    migrate,
+    read_manifest,
+    read_meta,
+    visible,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +53,7 @@ class PublishStats:
     removed: int
     total: int
     rebuilt: bool
-    calibration: vector_index.Calibration | None = None  # when IVF lists were trained afresh
+    calibration: faiss_index.Calibration | None = None  # when IVF lists were trained afresh
 
     def describe(self) -> str:
         out = f"index type {self.index_type}, generation {self.generation}"
@@ -300,11 +313,11 @@ class StoreWriter:
         """
         removed, added = self._pending()
         total = self.count(self.gen)
-        kind = vector_index.choose_type(self.index_cfg, total, self.dim)
+        kind = faiss_index.choose_type(self.index_cfg, total, self.dim)
         old_path = self.dir / faiss_name(self.published)
         old_kind = read_meta(self.con, "index_type")
         rebuild = (rebuild or not old_path.exists() or kind != old_kind
-                   or (len(removed) and not vector_index.supports_remove(kind)))
+                   or (len(removed) and not faiss_index.supports_remove(kind)))
         if not rebuild and not len(removed) and not len(added):
             return PublishStats(self.published, kind, 0, 0, total, False)
         if not rebuild:
@@ -312,18 +325,18 @@ class StoreWriter:
                 index = faiss.read_index(str(old_path))
             except RuntimeError as e:
                 raise StoreError(f"cannot read {old_path} ({e}); run imgembed verify --repair") from e
-            rebuild = vector_index.outgrown(index, total)  # IVF lists trained for far fewer vectors
+            rebuild = faiss_index.outgrown(index, total)  # IVF lists trained for far fewer vectors
         calibration = None
         if rebuild:
-            sample_ids, train = self._sample(self.gen, 262_144) if vector_index.needs_training(kind) else (None, None)
-            index = vector_index.build(kind, self.dim, self.index_cfg, self._all_vectors(self.gen), train, total)
+            sample_ids, train = self._sample(self.gen, 262_144) if faiss_index.needs_training(kind) else (None, None)
+            index = faiss_index.build(kind, self.dim, self.index_cfg, self._all_vectors(self.gen), train, total)
             if train is not None and self.index_cfg.target_recall > 0:
-                q = vector_index.CALIBRATION_QUERIES  # the sample is in random order
-                calibration = vector_index.calibrate(index, sample_ids[:q], train[:q], self.index_cfg.target_recall)
+                q = faiss_index.CALIBRATION_QUERIES  # the sample is in random order
+                calibration = faiss_index.calibrate(index, sample_ids[:q], train[:q], self.index_cfg.target_recall)
         else:
-            vector_index.remove(index, removed)
+            faiss_index.remove(index, removed)
             for ids, vecs in self.vectors_for(added):
-                vector_index.add(index, ids, vecs)
+                faiss_index.add(index, ids, vecs)
         if index.ntotal != total:
             raise StoreError(f"internal error: index holds {index.ntotal} vectors, metadata {total}; "
                              "run imgembed verify --repair")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imgembed import vector_index
 from imgembed.config import IndexCfg
+from imgembed.index import faiss_index
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -19,13 +19,13 @@ def test_recall_against_brute_force(kind, min_recall):
     X = clustered(3000, 32)
     ids = np.arange(1000, 4000, dtype=np.int64)
     cfg = IndexCfg(ivf_nprobe=16)
-    index = vector_index.build(kind, 32, cfg, iter([(ids, X)]), train=X if vector_index.needs_training(kind) else None)
-    assert vector_index.kind_of(index) == kind
-    assert sorted(vector_index.ids_of(index)) == list(ids)
+    index = faiss_index.build(kind, 32, cfg, iter([(ids, X)]), train=X if faiss_index.needs_training(kind) else None)
+    assert faiss_index.kind_of(index) == kind
+    assert sorted(faiss_index.ids_of(index)) == list(ids)
     Q = X[:100] + 0.05 * np.random.default_rng(1).normal(size=(100, 32)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
     truth = ids[np.argsort(-(Q @ X.T), axis=1)[:, :10]]
-    _, got = vector_index.search(index, Q, 10)
+    _, got = faiss_index.search(index, Q, 10)
     recall = np.mean([len(set(t) & set(g)) / 10 for t, g in zip(truth, got)])
     assert recall >= min_recall, recall
 
@@ -33,45 +33,45 @@ def test_recall_against_brute_force(kind, min_recall):
 def test_remove_then_add_keeps_ids():
     X = clustered(500, 16)
     ids = np.arange(500, dtype=np.int64)
-    index = vector_index.build("flat", 16, IndexCfg(), iter([(ids, X)]))
-    assert vector_index.remove(index, np.array([3, 4, 5])) == 3
-    vector_index.add(index, np.array([900], dtype=np.int64), X[3:4])
-    _, got = vector_index.search(index, X[3:4], 1)
+    index = faiss_index.build("flat", 16, IndexCfg(), iter([(ids, X)]))
+    assert faiss_index.remove(index, np.array([3, 4, 5])) == 3
+    faiss_index.add(index, np.array([900], dtype=np.int64), X[3:4])
+    _, got = faiss_index.search(index, X[3:4], 1)
     assert got[0, 0] == 900 and index.ntotal == 498
 
 
 def test_auto_rule_by_size():
     cfg = IndexCfg()
-    assert vector_index.choose_type(cfg, 1000) == "flat"
-    assert vector_index.choose_type(cfg, vector_index.AUTO_FLAT_MAX + 1) == "ivf"
-    assert vector_index.choose_type(cfg, 1_000_000, 128) == "ivf"
-    assert vector_index.choose_type(cfg, 1_000_000, 1280) == "ivf"  # 5.1 GB of raw vectors
-    assert vector_index.choose_type(cfg, 50_000_000, 128) == "ivfpq"  # 25.6 GB would not fit
-    assert vector_index.choose_type(IndexCfg(index_type="hnsw"), 10) == "hnsw"
+    assert faiss_index.choose_type(cfg, 1000) == "flat"
+    assert faiss_index.choose_type(cfg, faiss_index.AUTO_FLAT_MAX + 1) == "ivf"
+    assert faiss_index.choose_type(cfg, 1_000_000, 128) == "ivf"
+    assert faiss_index.choose_type(cfg, 1_000_000, 1280) == "ivf"  # 5.1 GB of raw vectors
+    assert faiss_index.choose_type(cfg, 50_000_000, 128) == "ivfpq"  # 25.6 GB would not fit
+    assert faiss_index.choose_type(IndexCfg(index_type="hnsw"), 10) == "hnsw"
     with pytest.raises(ValueError, match="unknown index type"):
-        vector_index.choose_type(IndexCfg(index_type="lsh"), 10)
+        faiss_index.choose_type(IndexCfg(index_type="lsh"), 10)
 
 
 def test_ivf_lists_and_probes_follow_the_size():
-    assert vector_index.auto_nlist(1_000_000) == 4000
-    assert vector_index.auto_nprobe(4000, IndexCfg(ivf_nprobe=16)) == 62  # nlist / 64 beats the floor
-    assert vector_index.auto_nprobe(200, IndexCfg(ivf_nprobe=16)) == 16
-    assert vector_index.auto_nprobe(8, IndexCfg(ivf_nprobe=16)) == 8  # never more than the lists
+    assert faiss_index.auto_nlist(1_000_000) == 4000
+    assert faiss_index.auto_nprobe(4000, IndexCfg(ivf_nprobe=16)) == 62  # nlist / 64 beats the floor
+    assert faiss_index.auto_nprobe(200, IndexCfg(ivf_nprobe=16)) == 16
+    assert faiss_index.auto_nprobe(8, IndexCfg(ivf_nprobe=16)) == 8  # never more than the lists
     X = clustered(4000, 16)
-    index = vector_index.build("ivf", 16, IndexCfg(), iter([(np.arange(4000), X)]), train=X[:2000], n=4000)
-    assert index.nlist == min(vector_index.auto_nlist(4000), 2000 // 39)
-    assert not vector_index.outgrown(index, 4000)
-    assert vector_index.outgrown(index, 100 * 4000)  # lists trained for 4k vectors, now 400k
-    assert not vector_index.outgrown(vector_index.build("flat", 16, IndexCfg(), iter([])), 10**7)
+    index = faiss_index.build("ivf", 16, IndexCfg(), iter([(np.arange(4000), X)]), train=X[:2000], n=4000)
+    assert index.nlist == min(faiss_index.auto_nlist(4000), 2000 // 39)
+    assert not faiss_index.outgrown(index, 4000)
+    assert faiss_index.outgrown(index, 100 * 4000)  # lists trained for 4k vectors, now 400k
+    assert not faiss_index.outgrown(faiss_index.build("flat", 16, IndexCfg(), iter([])), 10**7)
 
 
 def test_ivf_removes_in_place():
     X = clustered(2000, 16)
     ids = np.arange(2000, dtype=np.int64)
-    index = vector_index.build("ivf", 16, IndexCfg(ivf_nprobe=64), iter([(ids, X)]), train=X)
-    assert vector_index.remove(index, np.array([5, 6, 7])) == 3
-    assert sorted(vector_index.ids_of(index)) == [i for i in range(2000) if i not in (5, 6, 7)]
-    _, got = vector_index.search(index, X[5:6], 5)
+    index = faiss_index.build("ivf", 16, IndexCfg(ivf_nprobe=64), iter([(ids, X)]), train=X)
+    assert faiss_index.remove(index, np.array([5, 6, 7])) == 3
+    assert sorted(faiss_index.ids_of(index)) == [i for i in range(2000) if i not in (5, 6, 7)]
+    _, got = faiss_index.search(index, X[5:6], 5)
     assert 5 not in got[0]
 
 
@@ -81,26 +81,26 @@ def test_mmap_read_gives_the_same_answers(kind, tmp_path):
 
     X = clustered(1500, 16)
     ids = np.arange(1500, dtype=np.int64)
-    index = vector_index.build(kind, 16, IndexCfg(), iter([(ids, X)]), train=X if kind == "ivf" else None)
+    index = faiss_index.build(kind, 16, IndexCfg(), iter([(ids, X)]), train=X if kind == "ivf" else None)
     path = str(tmp_path / "x.faiss")
     faiss.write_index(index, path)
-    mapped = vector_index.read(path, mmap=True)
-    loaded = vector_index.read(path)
-    assert vector_index.kind_of(mapped) == kind
-    s1, i1 = vector_index.search(loaded, X[:20], 5)
-    s2, i2 = vector_index.search(mapped, X[:20], 5)
+    mapped = faiss_index.read(path, mmap=True)
+    loaded = faiss_index.read(path)
+    assert faiss_index.kind_of(mapped) == kind
+    s1, i1 = faiss_index.search(loaded, X[:20], 5)
+    s2, i2 = faiss_index.search(mapped, X[:20], 5)
     assert (i1 == i2).all() and np.allclose(s1, s2)
-    assert vector_index.read_flags(True) & faiss.IO_FLAG_MMAP_IFC and vector_index.read_flags(False) == 0
+    assert faiss_index.read_flags(True) & faiss.IO_FLAG_MMAP_IFC and faiss_index.read_flags(False) == 0
 
 
 def test_single_queries_match_the_batch_and_restore_threads():
     import faiss
 
     X = clustered(2000, 16)
-    index = vector_index.build("ivf", 16, IndexCfg(), iter([(np.arange(2000), X)]), train=X)
+    index = faiss_index.build("ivf", 16, IndexCfg(), iter([(np.arange(2000), X)]), train=X)
     threads = faiss.omp_get_max_threads()
-    _, batch = vector_index.search(index, X[:10], 5)
-    one = np.concatenate([vector_index.search(index, X[i:i + 1], 5)[1] for i in range(10)])
+    _, batch = faiss_index.search(index, X[:10], 5)
+    one = np.concatenate([faiss_index.search(index, X[i:i + 1], 5)[1] for i in range(10)])
     assert (one == batch).all() and faiss.omp_get_max_threads() == threads
 
 
@@ -119,12 +119,12 @@ def test_calibration_raises_probes_until_recall_meets_the_target():
     X = X + np.random.default_rng(5).normal(size=X.shape).astype(np.float32)  # blur the clusters
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     ids = np.arange(10_000, 16_000, dtype=np.int64)
-    index = vector_index.build("ivf", 16, IndexCfg(ivf_nlist=128, ivf_nprobe=1), iter([(ids, X)]), train=X)
+    index = faiss_index.build("ivf", 16, IndexCfg(ivf_nlist=128, ivf_nprobe=1), iter([(ids, X)]), train=X)
     q = np.arange(0, 6000, 30)  # 200 indexed vectors as queries
     start = _recall_excluding_self(index, ids, X, q)
     assert start < 0.9  # one probe of 128 lists misses many neighbours
 
-    cal = vector_index.calibrate(index, ids[q], X[q], target=0.8)
+    cal = faiss_index.calibrate(index, ids[q], X[q], target=0.8)
     assert cal.reached and cal.recall >= 0.8 and cal.queries == len(q)
     assert index.nprobe == cal.nprobe > 1
     # the reported recall is what a brute-force search measures at that nprobe
@@ -137,7 +137,7 @@ def test_calibration_raises_probes_until_recall_meets_the_target():
 def test_calibration_stops_at_the_probe_cap():
     X = clustered(4000, 32, seed=4)
     ids = np.arange(4000, dtype=np.int64)
-    index = vector_index.build("ivf", 32, IndexCfg(ivf_nlist=64, ivf_nprobe=1), iter([(ids, X)]), train=X)
-    cal = vector_index.calibrate(index, ids[:100], X[:100], target=1.01)  # unreachable
+    index = faiss_index.build("ivf", 32, IndexCfg(ivf_nlist=64, ivf_nprobe=1), iter([(ids, X)]), train=X)
+    cal = faiss_index.calibrate(index, ids[:100], X[:100], target=1.01)  # unreachable
     assert not cal.reached and cal.nprobe == index.nprobe == 64 // 8
     assert "below the target" in cal.describe()

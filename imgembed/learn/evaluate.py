@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from imgembed import fs
 from imgembed.config import EmbedCfg, ReaderCfg
-from imgembed.embedder import Embedder
-from imgembed.features import extract_features
-from imgembed.metrics import RetrievalMetrics, retrieval_metrics
+from imgembed.ingest import fs
+from imgembed.learn.feature_cache import extract_features
+from imgembed.learn.metrics import RetrievalMetrics, retrieval_metrics
+from imgembed.model.embedder import Embedder
 
 if TYPE_CHECKING:
-    from imgembed.head import ProjectionHead
+    from imgembed.model.head import ProjectionHead
 
 
 @dataclass
@@ -90,7 +90,7 @@ def compare(data: LabelledFeatures, heads: list[tuple[str, "ProjectionHead"]] = 
     user's collection, no labels) at each of ``dims`` the gallery can support; each head is applied
     as given. Vectors are float32, so a vector takes ``4 * dim`` bytes.
     """
-    from imgembed.baselines import fit_pca, pca_basis, pca_rank
+    from imgembed.learn.baselines import fit_pca, pca_basis, pca_rank
 
     def row(method: str, q: np.ndarray, g: np.ndarray) -> dict:
         m = score(q, g, data)

@@ -3,7 +3,7 @@
 Files that fail are not in the batch; they come back in ``Batch.failures`` with their reason.
 
 With ``gpu_jpeg`` (a CUDA embedder), workers only read, hash and probe JPEGs; the batch is decoded
-on the GPU in the main process (:mod:`imgembed.gpu_decode`), and other files are decoded by the
+on the GPU in the main process (:mod:`imgembed.ingest.gpu_decode`), and other files are decoded by the
 workers on the CPU as usual. Either way the batch keeps the order of the items.
 """
 
@@ -15,11 +15,10 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgembed import gpu_decode
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
-from imgembed.reader import ImageSkipped, content_hash, decode_file, read_bytes
-
+from imgembed.ingest import gpu_decode
+from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, read_bytes
+from imgembed.model.backbones import Preprocess
 
 # Batches each worker prepares ahead of the model.
 PREFETCH = 4

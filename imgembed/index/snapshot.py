@@ -12,9 +12,8 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
-from imgembed import vector_index
-from imgembed.store_format import (DB, ROW_SQL, Row, StoreError, connect, faiss_name, read_manifest, read_meta,
-                                   visible)
+from imgembed.index import faiss_index
+from imgembed.index.format import DB, ROW_SQL, Row, StoreError, connect, faiss_name, read_manifest, read_meta, visible
 
 
 class Snapshot:
@@ -89,7 +88,7 @@ class Snapshot:
             return True
         path = self.dir / faiss_name(gen)
         try:
-            index = vector_index.read(str(path), mmap=self.mmap)
+            index = faiss_index.read(str(path), mmap=self.mmap)
         except RuntimeError as e:
             if not path.exists():
                 return False

@@ -8,13 +8,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from imgembed import vector_index
 from imgembed.config import BackboneCfg, ReaderCfg
-from imgembed.embedder import Embedder
-from imgembed.head import load_head
-from imgembed.reader import decode_query
-from imgembed.snapshot import Snapshot
-from imgembed.store_format import Row, StoreError, check_identity
+from imgembed.index import faiss_index
+from imgembed.index.format import Row, StoreError, check_identity
+from imgembed.index.snapshot import Snapshot
+from imgembed.ingest.reader import decode_query
+from imgembed.model.embedder import Embedder
+from imgembed.model.head import load_head
 
 
 class Hit(NamedTuple):
@@ -40,7 +40,7 @@ class IndexInfo:
 
 def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
     """Rebuild the embedder an index was made with (its backbone, pooling and head)."""
-    from imgembed.backbones import create_backbone
+    from imgembed.model.backbones import create_backbone
 
     cfg = BackboneCfg(name=manifest["backbone"], device=device, pool=manifest.get("pool") or "gem")
     head = load_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None
@@ -73,7 +73,7 @@ class Searcher:
         m = self.snapshot.manifest
         return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
-                         vector_index.nprobe_of(self.snapshot.index))
+                         faiss_index.nprobe_of(self.snapshot.index))
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries (q, dim)``, best first."""
@@ -86,7 +86,7 @@ class Searcher:
             if self.snapshot.index is None or self.snapshot.count == 0:
                 return [[] for _ in queries]
             extra = len(exclude) if exclude else 0
-            scores, ids = vector_index.search(self.snapshot.index, queries, k + extra)
+            scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
             rows = self.snapshot.rows(ids[ids >= 0].tolist())
         out = []
         for srow, irow in zip(scores, ids):

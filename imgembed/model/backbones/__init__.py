@@ -139,4 +139,4 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from imgembed.backbones import efficientnet, openclip, tiny, tv  # noqa: F401
+        from imgembed.model.backbones import efficientnet, openclip, tiny, tv  # noqa: F401

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from imgembed.backbones import Preprocess
 from imgembed.config import ReaderCfg
+from imgembed.model.backbones import Preprocess
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 

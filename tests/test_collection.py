@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imgembed.projection import grid_shape, pca_2d, snap_to_grid
+from imgembed.query.collection import grid_shape, pca_2d, snap_to_grid
 
 
 def test_pca_matches_covariance_eigenvectors():

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgembed.backbones import Backbone, create_backbone
 from imgembed.config import COMPILE_MODES, BackboneCfg
-from imgembed.head import HeadError, ProjectionHead, load_head
+from imgembed.model.backbones import Backbone, create_backbone
+from imgembed.model.head import HeadError, ProjectionHead, load_head
 
 logger = logging.getLogger(__name__)
 

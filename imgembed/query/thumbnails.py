@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from imgembed.config import ReaderCfg
-from imgembed.reader import open_image, read_bytes
+from imgembed.ingest.reader import open_image, read_bytes
 
 BACKGROUND = (240, 242, 246)  # light grey behind letterboxed previews
 

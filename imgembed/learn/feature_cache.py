@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from imgembed.config import EmbedCfg, ReaderCfg, resolve_workers
-from imgembed.embedder import Embedder
-from imgembed.loader import iter_batches
+from imgembed.ingest.loader import iter_batches
+from imgembed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 

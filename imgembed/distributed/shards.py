@@ -30,11 +30,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from imgembed import fs
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg
-from imgembed.store import PublishStats, StoreWriter
-from imgembed.store_format import IDENTITY_KEYS, NewFile, StoreError
+from imgembed.index.format import IDENTITY_KEYS, NewFile, StoreError
+from imgembed.index.store import PublishStats, StoreWriter
+from imgembed.ingest import fs
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from imgembed.head import HeadCfg, ProjectionHead
+from imgembed.model.head import HeadCfg, ProjectionHead
 
 
 def pca_rank(n_samples: int, in_dim: int) -> int:

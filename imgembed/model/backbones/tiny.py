@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgembed.backbones import Backbone, Preprocess, gem, register, state_fingerprint
 from imgembed.config import BackboneCfg
+from imgembed.model.backbones import Backbone, Preprocess, gem, register, state_fingerprint
 
 
 class TinyCNN(Backbone):
