@@ -41,8 +41,8 @@ def measure_decode(folder: str, n: int) -> None:
 
     from imgembed.config import ReaderCfg
     from imgembed.ingest import fs
+    from imgembed.ingest.preprocess import Preprocess
     from imgembed.ingest.reader import decode_file
-    from imgembed.model.backbones import Preprocess
 
     files = fs.scan(folder, ReaderCfg()).files[:n]
     paths = [fs.abspath(folder, f.relpath) for f in files]

@@ -12,8 +12,8 @@ from PIL import Image, ImageOps
 from imgembed.config import ReaderCfg
 from imgembed.ingest import gpu_decode
 from imgembed.ingest.loader import iter_batches
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.reader import ImageSkipped, decode_file
-from imgembed.model.backbones import Preprocess
 
 CPU = torch.device("cpu")
 PRE = Preprocess(size=64, resize=72, interpolation="bicubic")

@@ -8,8 +8,8 @@ from conftest import make_photo
 from PIL import Image
 
 from imgembed.config import ReaderCfg
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.reader import ImageSkipped, decode_file, decode_query, open_image, to_rgb
-from imgembed.model.backbones import Preprocess
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
 

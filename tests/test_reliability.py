@@ -293,7 +293,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from imgembed.config import ReaderCfg  # noqa: E402
-from imgembed.model.backbones import Preprocess  # noqa: E402
+from imgembed.ingest.preprocess import Preprocess  # noqa: E402
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
 FUZZ_EXAMPLES = int(os.environ.get("IMGEMBED_FUZZ_EXAMPLES", "300"))

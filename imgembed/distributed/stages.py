@@ -15,7 +15,7 @@ import torch
 from imgembed.config import ReaderCfg
 from imgembed.ingest import fs
 from imgembed.ingest.loader import iter_batches
-from imgembed.model.backbones import Preprocess
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.model.embedder import Embedder, pick_device, pick_dtype
 
 logger = logging.getLogger(__name__)

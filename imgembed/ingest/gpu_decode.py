@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgembed.config import ReaderCfg
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.reader import ImageSkipped, decode_query
-from imgembed.model.backbones import Preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgembed.config import ReaderCfg
 from imgembed.ingest import gpu_decode
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, read_bytes
-from imgembed.model.backbones import Preprocess
 
 # Batches each worker prepares ahead of the model.
 PREFETCH = 4

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from imgembed.config import ReaderCfg
-from imgembed.model.backbones import Preprocess
+from imgembed.ingest.preprocess import Preprocess
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 

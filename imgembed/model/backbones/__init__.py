@@ -9,7 +9,6 @@ weights, which the index manifest records.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,24 +16,11 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
+from imgembed.ingest.preprocess import Preprocess
 
 
 class BackboneError(RuntimeError):
     """A backbone cannot be built: unknown name, or weights that cannot be had."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes model input. Travels with the backbone, never as a global."""
-
-    size: int = 224  # square crop fed to the model
-    resize: int = 256  # shorter side before the centre crop
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"  # "bicubic" or "bilinear"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Backbone(nn.Module):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from imgembed.config import BackboneCfg
-from imgembed.model.backbones import Backbone, BackboneError, Preprocess, file_fingerprint, gem, register
+from imgembed.ingest.preprocess import Preprocess
+from imgembed.model.backbones import Backbone, BackboneError, file_fingerprint, gem, register
 
 N_TENSORS = 296
 FEATURE_DIM = 1280

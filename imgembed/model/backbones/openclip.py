@@ -12,14 +12,8 @@ import os
 import torch
 
 from imgembed.config import BackboneCfg
-from imgembed.model.backbones import (
-    Backbone,
-    BackboneError,
-    Preprocess,
-    mostly_convolutional,
-    register,
-    state_fingerprint,
-)
+from imgembed.ingest.preprocess import Preprocess
+from imgembed.model.backbones import Backbone, BackboneError, mostly_convolutional, register, state_fingerprint
 
 HOW_TO_SUPPLY = (
     "Download the weights on a machine with network (they are cached under ~/.cache/huggingface, "

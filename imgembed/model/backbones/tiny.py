@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
-from imgembed.model.backbones import Backbone, Preprocess, gem, register, state_fingerprint
+from imgembed.ingest.preprocess import Preprocess
+from imgembed.model.backbones import Backbone, gem, register, state_fingerprint
 
 
 class TinyCNN(Backbone):

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
-from imgembed.model.backbones import Backbone, BackboneError, Preprocess, register, state_fingerprint
+from imgembed.ingest.preprocess import Preprocess
+from imgembed.model.backbones import Backbone, BackboneError, register, state_fingerprint
 
 _CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 
