@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
 import torch
 from PIL import Image
 
-from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
+from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, default_index
 from imgembed.index import faiss_index
 from imgembed.index.format import Row, StoreError
 from imgembed.indexer import index_folder
@@ -53,11 +52,6 @@ def md(text: str) -> str:
 
 def shown_name(row: Row) -> str:
     return row.relpath.decode("utf-8", "replace")
-
-
-def default_index() -> str:
-    env = os.environ.get("IMGEMBED_INDEX")
-    return env if env else str(Path(__file__).resolve().parent / "demo-index")
 
 
 # ---------------------------------------------------------------- cached resources and data

@@ -10,11 +10,25 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from imgembed.config import COMPILE_MODES, DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexCfg, IndexJobCfg, ReaderCfg
+from imgembed.config import (
+    COMPILE_MODES,
+    DEFAULT_BACKBONE,
+    DEFAULT_INDEX,
+    INDEX_TYPES,
+    LABEL_MODES,
+    LOSSES,
+    POOLS,
+    BackboneCfg,
+    EmbedCfg,
+    IndexCfg,
+    IndexJobCfg,
+    ReaderCfg,
+    TrainCfg,
+    check_device,
+    default_index,
+)
 from imgembed.index.format import StoreError
 from imgembed.ingest.reader import ImageSkipped
-from imgembed.learn.losses import LOSSES
-from imgembed.learn.train import TrainCfg
 from imgembed.model.backbones import BackboneError
 from imgembed.model.head import HeadError
 
@@ -25,20 +39,28 @@ USER_ERRORS = (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, F
                NotADirectoryError, PermissionError)
 
 
-def default_index() -> str:
-    return os.environ.get("IMGEMBED_INDEX", "imgembed-index")
+def show_progress(a: argparse.Namespace) -> bool:
+    """Progress bars on stderr: on a terminal, or when $IMGEMBED_PROGRESS is 1; never with --no-progress."""
+    if getattr(a, "no_progress", False):
+        return False
+    return sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1"
 
 
 def _add_index_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=default_index(),
-                   help="index folder (default: $IMGEMBED_INDEX or ./imgembed-index)")
+                   help=f"index folder (default: $IMGEMBED_INDEX or ./{DEFAULT_INDEX})")
+
+
+def _add_index_type_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index-type", default=IndexCfg.index_type, choices=("auto", *INDEX_TYPES),
+                   help="auto (exact up to 50,000 photos, then IVF), or one of " + ", ".join(INDEX_TYPES))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="efficientnet-lite0 (default, offline), open_clip:ARCH:WEIGHTS, torchvision:NAME:WEIGHTS")
-    p.add_argument("--pool", default=BackboneCfg.pool, choices=["gem", "avg"], help="CNN feature pooling")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--pool", default=BackboneCfg.pool, choices=POOLS, help="CNN feature pooling")
+    _add_device_arg(p)
     p.add_argument("--compile", nargs="?", const="on", default=BackboneCfg.compile, choices=COMPILE_MODES,
                    help="torch.compile the model: auto (CNNs on a CPU from 5,000 photos: 1.4x faster after "
                         "a one-off compile of about 30 s), on, off")
@@ -48,6 +70,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=ReaderCfg.max_pixels,
                    help="refuse images declaring more pixels than this (decompression bombs)")
     p.add_argument("--max-bytes", type=int, default=ReaderCfg.max_bytes, help="skip files larger than this")
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=BackboneCfg.device, type=check_device,
+                   help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
 
 
 def _add_mmap_arg(p: argparse.ArgumentParser) -> None:
@@ -73,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_arg(p)
     _add_model_args(p)
     p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
-    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
+    _add_index_type_arg(p)
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
@@ -86,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="auto")
+    _add_device_arg(p)
     _add_mmap_arg(p)
 
     p = sub.add_parser("info", help="what an index holds")
@@ -108,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--out", required=True, help="head file to write (HEAD.safetensors, HEAD.json, HEAD.png)")
     p.add_argument("--dim", type=int, default=TrainCfg.dim, help="embedding dimension")
-    p.add_argument("--labels", default=TrainCfg.labels, choices=["folders", "none"],
+    p.add_argument("--labels", default=TrainCfg.labels, choices=LABEL_MODES,
                    help="folders: sub-folder names are classes; none: self-supervised")
     p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
-    p.add_argument("--loss", default=TrainCfg.loss, choices=sorted(LOSSES))
+    p.add_argument("--loss", default=TrainCfg.loss, choices=LOSSES)
     p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
     p.add_argument("--epochs", type=int, default=TrainCfg.epochs, help="at most this many (early stopping)")
     p.add_argument("--seed", type=int, default=TrainCfg.seed)
@@ -168,7 +195,7 @@ def cmd_index(a: argparse.Namespace) -> int:
         reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
         commit_every=a.commit_every,
     )
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1")
+    update, close = _tqdm_progress(show_progress(a))
     try:
         summary = index_folder(a.folder, a.index, cfg, progress=update, wait=a.wait)
     finally:
@@ -234,7 +261,7 @@ def _eval_features(a: argparse.Namespace, embedder):
     """Raw features of the gallery and queries (cached), with a progress bar; skipped files listed."""
     from imgembed.learn.evaluate import load_features
 
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    update, close = _tqdm_progress(show_progress(a))
     try:
         data = load_features(a.gallery, a.queries, embedder, _reader_cfg(a),
                              EmbedCfg(batch_size=a.batch_size, workers=a.workers),
@@ -279,7 +306,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
 
     cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
-    show = not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1"
+    show = show_progress(a)
     update, close = _tqdm_progress(show)
     ecfg = EmbedCfg(batch_size=a.batch_size, workers=a.workers)
     try:
@@ -341,7 +368,7 @@ def _add_build_index_parser(sub) -> None:
     b = sub.add_parser("build-index", help="build an index from embedding shards (imgembed index --engine ray)")
     b.add_argument("--from-shards", required=True, metavar="DIR")
     _add_index_arg(b)
-    b.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"])
+    _add_index_type_arg(b)
     b.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     b.add_argument("--no-progress", action="store_true")
 
@@ -353,7 +380,7 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
         raise ValueError("--engine ray needs --shards-out DIR (where the embedding shards go)")
     cfg = IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head)
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty() or os.environ.get("IMGEMBED_PROGRESS") == "1")
+    update, close = _tqdm_progress(show_progress(a))
     try:
         summary = embed_to_shards(a.folder, a.shards_out, cfg, RayCfg(address=a.ray_address, shard_size=a.shard_size),
                                   progress=update)
@@ -373,7 +400,7 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
 def cmd_build_index(a: argparse.Namespace) -> int:
     from imgembed.distributed.shards import build_index
 
-    update, close = _tqdm_progress(not a.no_progress and sys.stderr.isatty())
+    update, close = _tqdm_progress(show_progress(a))
     try:
         summary = build_index(a.from_shards, a.index, IndexCfg(index_type=a.index_type), progress=update, wait=a.wait)
     finally:

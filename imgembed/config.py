@@ -7,8 +7,38 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
-DEFAULT_INDEX_DIRNAME = ".imgembed-index"
-COMPILE_MODES = ("auto", "on", "off")
+# The index folder when neither --index nor $IMGEMBED_INDEX names one (CLI and app alike).
+DEFAULT_INDEX = "imgembed-index"
+
+# Choice lists: the one source that the configs, argparse and the app read. Each is implemented
+# next to the code named in its comment, which refuses a value that is not listed here.
+COMPILE_MODES = ("auto", "on", "off")  # imgembed.model.embedder
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # imgembed.model.embedder.pick_dtype
+DEVICES = ("auto", "cpu", "cuda", "mps")  # imgembed.model.embedder.pick_device; "cuda:N" picks a GPU
+POOLS = ("gem", "avg")  # CNN backbones (imgembed.model.backbones)
+INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")  # imgembed.index.faiss_index; "auto" chooses one
+LABEL_MODES = ("folders", "none")  # imgembed.learn.train
+LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
+
+
+def default_index() -> str:
+    """``$IMGEMBED_INDEX``, else :data:`DEFAULT_INDEX` (relative to the working folder)."""
+    return os.environ.get("IMGEMBED_INDEX") or DEFAULT_INDEX
+
+
+def check_device(name: str) -> str:
+    """``name`` when it is one of :data:`DEVICES` or ``cuda:N``; otherwise ValueError."""
+    family, _, number = name.partition(":")
+    if family in DEVICES and (not number or family == "cuda" and number.isdigit()):
+        return name
+    raise ValueError(f"unknown device '{name}'; use {', '.join(DEVICES)} or cuda:N")
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` when it is in ``choices``; otherwise a ValueError that lists them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} '{value}'; use one of {', '.join(choices)}")
+    return value
 
 
 @dataclass
@@ -32,7 +62,7 @@ class ReaderCfg:
 class BackboneCfg:
     name: str = DEFAULT_BACKBONE  # registry name, e.g. "open_clip:ViT-B-32:laion2b_s34b_b79k"
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    # Pooling of the last feature map for CNN backbones: "gem" or "avg".
+    # Pooling of the last feature map for CNN backbones: one of POOLS.
     pool: str = "gem"
     # Precision: "auto" picks per device (bf16 on CUDA, fp32 on CPU, where bf16 is slower).
     precision: str = "auto"
@@ -51,7 +81,7 @@ class EmbedCfg:
 
 @dataclass
 class IndexCfg:
-    # "auto", "flat" (exact inner product), "hnsw" or "ivfpq".
+    # "auto" or one of INDEX_TYPES: flat (exact inner product), ivf (IVF-Flat), hnsw, ivfpq.
     index_type: str = "auto"
     metric: str = "cosine"  # vectors are L2-normalised, so inner product = cosine
     hnsw_m: int = 32  # HNSW graph degree
@@ -63,6 +93,25 @@ class IndexCfg:
     # this (against exact search); 0 keeps the probes above.
     target_recall: float = 0.95
     pq_m: int = 0  # 0 = choose from the dimension (dim / 4 sub-quantisers of 8 bits)
+
+
+@dataclass
+class TrainCfg:
+    dim: int = 128  # output dimension
+    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": self-supervised
+    loss: str = "supcon"  # one of LOSSES (imgembed.learn.losses)
+    hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    patience: int = 10  # stop after this many epochs without a better validation score
+    min_delta: float = 1e-3  # a validation score must rise by more than this to count as better
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1  # supcon
+    val_fraction: float = 0.1  # held out of the training photos when no validation set is given
+    # Self-supervised: k-means clusterings at sizes base/2, base, 2*base; base 0 = sqrt(N / 4).
+    clusters: int = 0
+    seed: int = 0
 
 
 @dataclass

@@ -14,11 +14,10 @@ from typing import Iterator
 import faiss
 import numpy as np
 
-from imgembed.config import IndexCfg
+from imgembed.config import INDEX_TYPES, IndexCfg, check_choice
 
-# "ivf" is IVF-Flat: inverted lists of full vectors (exact scores over the probed lists);
-# "ivfpq" stores 8-bit product-quantised codes instead (less memory, lower recall).
-INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+# INDEX_TYPES: "ivf" is IVF-Flat, inverted lists of full vectors (exact scores over the probed
+# lists); "ivfpq" stores 8-bit product-quantised codes instead (less memory, lower recall).
 # Up to this many vectors exact search answers fast enough (about 2 ms at 50k x 128-d here).
 AUTO_FLAT_MAX = 50_000
 # Beyond exact search, auto picks IVF-Flat while the raw vectors fit this many bytes, and IVF-PQ
@@ -43,9 +42,7 @@ MAX_PROBE_SHARE = 1 / 8
 def choose_type(cfg: IndexCfg, n: int, dim: int = 128) -> str:
     """The index type for ``n`` vectors of ``dim``: the configured one, or the ``auto`` rule."""
     if cfg.index_type != "auto":
-        if cfg.index_type not in INDEX_TYPES:
-            raise ValueError(f"unknown index type '{cfg.index_type}'; use auto, {', '.join(INDEX_TYPES)}")
-        return cfg.index_type
+        return check_choice("index type", cfg.index_type, INDEX_TYPES)
     if n <= AUTO_FLAT_MAX:
         return "flat"
     return "ivf" if n * dim * 4 <= AUTO_RAW_BYTES_MAX else "ivfpq"

@@ -18,21 +18,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES: dict[str, Callable[..., nn.Module]] = {}
+from imgembed.config import LOSSES, check_choice
+
+# name -> factory; the names are imgembed.config.LOSSES (argparse reads that list without torch).
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
+    check_choice("loss", name, LOSSES)  # a new loss is listed in config.LOSSES first
+
     def deco(factory):
-        LOSSES[name] = factory
+        _FACTORIES[name] = factory
         return factory
     return deco
 
 
 def create_loss(name: str, dim: int, n_classes: int, temperature: float = 0.1) -> nn.Module:
     """The loss ``name`` for ``dim``-d embeddings of ``n_classes`` classes. Raises ValueError if unknown."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](dim=dim, n_classes=n_classes, temperature=temperature)
+    check_choice("loss", name, LOSSES)
+    return _FACTORIES[name](dim=dim, n_classes=n_classes, temperature=temperature)
 
 
 class SupCon(nn.Module):

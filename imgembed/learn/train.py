@@ -27,32 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from imgembed.config import LABEL_MODES, TrainCfg, check_choice
 from imgembed.learn.baselines import pca_basis
 from imgembed.learn.losses import ProxyAnchor, create_loss
 from imgembed.model.head import HeadCfg, ProjectionHead, head_paths, save_head
 
 logger = logging.getLogger(__name__)
-
-LABEL_MODES = ("folders", "none")
-
-
-@dataclass
-class TrainCfg:
-    dim: int = 128  # output dimension
-    labels: str = "folders"  # "folders": sub-folder names are classes; "none": self-supervised
-    loss: str = "supcon"  # see imgembed.learn.losses.LOSSES
-    hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
-    epochs: int = 100  # upper bound; early stopping usually ends sooner
-    patience: int = 10  # stop after this many epochs without a better validation score
-    min_delta: float = 1e-3  # a validation score must rise by more than this to count as better
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.1  # supcon
-    val_fraction: float = 0.1  # held out of the training photos when no validation set is given
-    # Self-supervised: k-means clusterings at sizes base/2, base, 2*base; base 0 = sqrt(N / 4).
-    clusters: int = 0
-    seed: int = 0
 
 
 @dataclass
@@ -137,8 +117,7 @@ def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
     early stopping. ``progress`` receives each epoch's record. Raises ValueError on bad input.
     """
     t0 = time.perf_counter()
-    if cfg.labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, not {cfg.labels!r}")
+    check_choice("label mode", cfg.labels, LABEL_MODES)
     supervised = cfg.labels == "folders"
     feats = np.asarray(feats, dtype=np.float32)
     if supervised and (labels is None or len(labels) != len(feats)):

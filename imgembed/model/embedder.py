@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgembed.config import COMPILE_MODES, BackboneCfg
+from imgembed.config import COMPILE_MODES, PRECISIONS, BackboneCfg, check_choice, check_device
 from imgembed.model.backbones import Backbone, create_backbone
 from imgembed.model.head import HeadError, ProjectionHead, load_head
 
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
+    """``auto``: CUDA, then MPS, then the CPU. Raises ValueError for a name not in DEVICES."""
+    if check_device(name) != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -28,7 +29,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
     """fp32 on CPUs (bf16 there is several times slower without bf16 units); bf16 on CUDA."""
-    if precision == "auto":
+    if check_choice("precision", precision, PRECISIONS) == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -45,9 +46,7 @@ AUTO_COMPILE_MIN_IMAGES = 5000
 def compile_mode(value: str | bool) -> str:
     """``"auto"``, ``"on"`` or ``"off"`` (``True``/``False`` from older configs are on/off)."""
     mode = ("on" if value else "off") if isinstance(value, bool) else value
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
-    return mode
+    return check_choice("compile mode", mode, COMPILE_MODES)
 
 
 def worth_compiling(device: torch.device, backbone: Backbone, n_images: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from imgembed.config import BackboneCfg
+from imgembed.config import POOLS, BackboneCfg, check_choice
 from imgembed.ingest.preprocess import Preprocess
 from imgembed.model.backbones import Backbone, BackboneError, file_fingerprint, gem, register
 
@@ -54,8 +54,7 @@ def build_timm_model(path: str) -> torch.nn.Module:
 class EfficientNetLite0(Backbone):
     def __init__(self, pool: str) -> None:
         super().__init__()
-        if pool not in ("gem", "avg"):
-            raise ValueError(f"unknown pooling '{pool}'; use 'gem' or 'avg'")
+        check_choice("pooling", pool, POOLS)
         path = weights_path()
         self.net = build_timm_model(path)
         self.pool = pool
