@@ -89,7 +89,7 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         identity = embedder.identity()
     heads = head_paths(cfg.head) if cfg.head else ()
     with StoreWriter(index_dir, identity, cfg.index, head_files=heads, wait=wait) as store:
-        if embedder is None and not _stored_dim_matches(store):  # a manifest edited by hand
+        if embedder is None and not store.stored_dim_ok():  # a manifest edited by hand
             embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
             check_identity(store.manifest, embedder.identity(), store.dir)
         root_id = store.root_id(root)
@@ -102,12 +102,12 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         todo = []
         for f in scan.files:
             old = live.get(f.relpath)
-            if old is not None and old[1] == f.size and old[2] == f.mtime_ns:
+            if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
                 summary.unchanged += 1
             else:
                 todo.append(f)
         changed = {f.relpath for f in todo}
-        store.remove(v[0] for rel, v in live.items() if rel not in on_disk or rel in changed)
+        store.remove(v.id for rel, v in live.items() if rel not in on_disk or rel in changed)
         summary.removed = sum(1 for rel in live if rel not in on_disk)
 
         if todo and store.has_vectors():
@@ -121,12 +121,6 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _stored_dim_matches(store: StoreWriter) -> bool:
-    """The stored vectors have the manifest's dimension (cheap: one row)."""
-    row = store.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
-    return row is None or row[0] == 4 * store.dim
 
 
 def _same_embedder_by_name(manifest: dict, cfg: IndexJobCfg) -> bool:

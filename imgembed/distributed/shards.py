@@ -32,7 +32,7 @@ import numpy as np
 
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg
-from imgembed.index.format import IDENTITY_KEYS, NewFile, StoreError
+from imgembed.index.format import NewFile, StoreError, identity_diffs
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
 
@@ -103,8 +103,7 @@ def write_manifest(shards_dir: str | Path, manifest: dict) -> None:
 
 def check_same_job(manifest: dict, root: str | Path, identity: dict, shards_dir: str | Path) -> None:
     """A resumed job must embed the same folder with the same embedder."""
-    identity = json.loads(json.dumps(identity))
-    diffs = [k for k in IDENTITY_KEYS if manifest["identity"].get(k) != identity.get(k)]
+    diffs = identity_diffs(manifest["identity"], identity)
     if diffs:
         raise StoreError(
             f"the shards in {shards_dir} were made with backbone {manifest['identity'].get('backbone')} "
@@ -324,11 +323,11 @@ def build_index(shards_dir: str | Path, index_dir: str | Path, index_cfg: IndexC
                 old = live.get(f.relpath)
                 if seen is not None:
                     seen.add(f.relpath)
-                if old is not None and (old[1], old[2], old[3]) == (f.size, f.mtime_ns, f.hash):
+                if old is not None and (old.size, old.mtime_ns, old.hash) == (f.size, f.mtime_ns, f.hash):
                     summary.unchanged += 1
                     continue
                 if old is not None:
-                    drop.append(old[0])
+                    drop.append(old.id)
                 keep.append(f)
                 vecs.append(v)
             store.remove(drop)
@@ -338,7 +337,7 @@ def build_index(shards_dir: str | Path, index_dir: str | Path, index_cfg: IndexC
             summary.shards += 1
             if progress:
                 progress("shards", i + 1, m["shards"])
-        gone = [v[0] for rel, v in live.items() if rel not in seen] if seen is not None else []
+        gone = [v.id for rel, v in live.items() if rel not in seen] if seen is not None else []
         store.remove(gone)
         summary.removed = len(gone)
         summary.publish = store.publish()

@@ -23,7 +23,7 @@ import os
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from imgembed.config import IndexCfg
 
@@ -82,6 +82,15 @@ class Row(NamedTuple):
         return os.path.join(self.root, self.relpath)
 
 
+class LiveFile(NamedTuple):
+    """An entry not removed (published or pending), as the writer plans a run."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    hash: str
+
+
 class NewFile(NamedTuple):
     relpath: bytes
     size: int
@@ -134,10 +143,15 @@ def read_manifest(index_dir: str | Path) -> dict:
     return m
 
 
+def identity_diffs(recorded: dict, identity: dict) -> list[str]:
+    """The :data:`IDENTITY_KEYS` on which an embedder's ``identity`` differs from a ``recorded`` one."""
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as stored
+    return [k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)]
+
+
 def check_identity(manifest: dict, identity: dict, index_dir: str | Path) -> None:
     """Refuse to mix vectors from different embedders in one index."""
-    identity = json.loads(json.dumps(identity))  # tuples -> lists, as stored
-    diffs = [k for k in IDENTITY_KEYS if manifest.get(k) != identity.get(k)]
+    diffs = identity_diffs(manifest, identity)
     if diffs:
         used = f"backbone {manifest.get('backbone')} (weights {manifest.get('backbone_fingerprint')}, " \
                f"pool {manifest.get('pool')}), head {manifest.get('head_fingerprint') or 'none'}, dim {manifest.get('dim')}"
@@ -196,6 +210,18 @@ def migrate(con: sqlite3.Connection) -> None:
         raise StoreError(f"index schema version {version} is newer than this imgembed ({len(MIGRATIONS)}); upgrade imgembed")
     for i in range(version, len(MIGRATIONS)):
         con.executescript("BEGIN;" + MIGRATIONS[i] + f"PRAGMA user_version={i + 1}; COMMIT;")
+
+
+# SQLite allows at most 999 parameters in one statement on older builds.
+IN_CHUNK = 500
+
+
+def select_in(con: sqlite3.Connection, sql: str, values: Iterable) -> Iterator[tuple]:
+    """Rows of ``sql`` whose ``{marks}`` placeholder becomes ``?, ?, ...`` for ``values``, in chunks."""
+    values = list(values)
+    for i in range(0, len(values), IN_CHUNK):
+        chunk: Sequence = values[i:i + IN_CHUNK]
+        yield from con.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
 
 def read_meta(con: sqlite3.Connection, key: str) -> str:

@@ -13,7 +13,18 @@ import faiss
 import numpy as np
 
 from imgembed.index import faiss_index
-from imgembed.index.format import DB, ROW_SQL, Row, StoreError, connect, faiss_name, read_manifest, read_meta, visible
+from imgembed.index.format import (
+    DB,
+    ROW_SQL,
+    Row,
+    StoreError,
+    connect,
+    faiss_name,
+    read_manifest,
+    read_meta,
+    select_in,
+    visible,
+)
 
 
 class Snapshot:
@@ -111,13 +122,8 @@ class Snapshot:
 
     def rows(self, ids: Iterable[int]) -> dict[int, Row]:
         """Rows visible in this snapshot's generation, by id."""
-        ids = [int(i) for i in ids if i >= 0]
-        out: dict[int, Row] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = f"{ROW_SQL} WHERE f.id IN ({','.join('?' * len(chunk))}) AND {visible(str(self.generation))}"
-            out.update((r[0], Row(*r)) for r in self.con.execute(q, chunk))
-        return out
+        sql = f"{ROW_SQL} WHERE f.id IN ({{marks}}) AND {visible(str(self.generation))}"
+        return {r[0]: Row(*r) for r in select_in(self.con, sql, (int(i) for i in ids if i >= 0))}
 
     def row_by_path(self, path: bytes) -> Row | None:
         """The visible row of an absolute path, or None when the path is not in the index."""
@@ -138,15 +144,10 @@ class Snapshot:
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """Full-precision stored vectors by id (from the metadata, whatever the index type)."""
-        ids = [int(i) for i in ids]
-        out: dict[int, np.ndarray] = {}
         dim = self.manifest["dim"]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = (f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
-                 f"WHERE f.id IN ({','.join('?' * len(chunk))})")
-            out.update((r[0], np.frombuffer(r[1], dtype=np.float32).reshape(dim)) for r in self.con.execute(q, chunk))
-        return out
+        rows = select_in(self.con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
+                                   "WHERE f.id IN ({marks})", (int(i) for i in ids))
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32).reshape(dim) for r in rows}
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())

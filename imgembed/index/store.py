@@ -31,6 +31,7 @@ from imgembed.index.format import (
     IDENTITY_KEYS,
     LOCK,
     MANIFEST,
+    LiveFile,
     NewFile,
     StoreError,
     check_identity,
@@ -39,10 +40,14 @@ from imgembed.index.format import (
     migrate,
     read_manifest,
     read_meta,
+    select_in,
     visible,
 )
 
 logger = logging.getLogger(__name__)
+
+# Stored vectors that no live entry uses any more.
+_PURGE_ORPHANS = "DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
 
 
 @dataclass
@@ -196,34 +201,28 @@ class StoreWriter:
             self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
         return self.con.execute("SELECT id FROM roots WHERE path=?", (path,)).fetchone()[0]
 
-    def live_files(self, root_id: int) -> dict[bytes, tuple[int, int, int, str]]:
-        """``relpath -> (id, size, mtime_ns, hash)`` of the files not removed (published or pending)."""
+    def live_files(self, root_id: int) -> dict[bytes, LiveFile]:
+        """``relpath -> LiveFile`` of the files not removed (published or pending)."""
         cur = self.con.execute(
             "SELECT relpath, id, size, mtime_ns, hash FROM files WHERE root_id=? AND removed_gen IS NULL",
             (root_id,))
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in cur}
+        return {r[0]: LiveFile(*r[1:]) for r in cur}
 
     def known_hashes(self, hashes: Iterable[str]) -> set[str]:
-        hashes = list(hashes)
-        found: set[str] = set()
-        for i in range(0, len(hashes), 500):
-            chunk = hashes[i:i + 500]
-            q = f"SELECT hash FROM vectors WHERE hash IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self.con.execute(q, chunk))
-        return found
+        return {r[0] for r in select_in(self.con, "SELECT hash FROM vectors WHERE hash IN ({marks})", hashes)}
 
     def dims_of(self, hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
         """``hash -> (width, height)`` recorded for content the index already holds."""
-        hashes = list(hashes)
-        out: dict[str, tuple[int, int]] = {}
-        for i in range(0, len(hashes), 500):
-            chunk = hashes[i:i + 500]
-            q = f"SELECT hash, width, height FROM files WHERE hash IN ({','.join('?' * len(chunk))})"
-            out.update((r[0], (r[1], r[2])) for r in self.con.execute(q, chunk))
-        return out
+        rows = select_in(self.con, "SELECT hash, width, height FROM files WHERE hash IN ({marks})", hashes)
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def has_vectors(self) -> bool:
         return self.con.execute("SELECT 1 FROM vectors LIMIT 1").fetchone() is not None
+
+    def stored_dim_ok(self) -> bool:
+        """The stored vectors have the manifest's dimension (cheap: one row; a hand-edited manifest fails)."""
+        row = self.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
+        return row is None or row[0] == 4 * self.dim
 
     # -- changes (committed at once, visible to readers only after publish)
 
@@ -247,6 +246,34 @@ class StoreWriter:
                 "INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files])
+
+    # -- maintenance (verify --repair): each is one committed change, visible after publish
+
+    def drop_wrong_size_vectors(self) -> int:
+        """Delete stored vectors whose size is not the manifest's dimension; how many."""
+        with self._tx():
+            return self.con.execute("DELETE FROM vectors WHERE length(vec) != ?", (4 * self.dim,)).rowcount
+
+    def drop_rows_without_vectors(self) -> int:
+        """Remove the entries whose content has no stored vector (the next index run embeds them)."""
+        with self._tx():
+            return self.con.execute(
+                "UPDATE files SET removed_gen=? WHERE removed_gen IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM vectors v WHERE v.hash = files.hash)", (self.gen,)).rowcount
+
+    def drop_missing_files(self) -> int:
+        """Remove the entries whose file no longer exists on disk; how many."""
+        gone = [(self.gen, i) for i, root, rel in self.con.execute(
+            "SELECT f.id, r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id "
+            "WHERE f.removed_gen IS NULL").fetchall() if not os.path.exists(os.path.join(root, rel))]
+        with self._tx():
+            self.con.executemany("UPDATE files SET removed_gen=? WHERE id=? AND removed_gen IS NULL", gone)
+        return len(gone)
+
+    def purge_orphans(self) -> int:
+        """Delete stored vectors that no live entry uses; how many."""
+        with self._tx():
+            return self.con.execute(_PURGE_ORPHANS).rowcount
 
     def _tx(self):
         con = self.con
@@ -278,10 +305,8 @@ class StoreWriter:
 
     def vectors_for(self, ids: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(ids), chunk):
-            part = [int(x) for x in ids[i:i + chunk]]
-            rows = self.con.execute(
-                f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
-                f"WHERE f.id IN ({','.join('?' * len(part))})", part).fetchall()
+            rows = list(select_in(self.con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
+                                            "WHERE f.id IN ({marks})", (int(x) for x in ids[i:i + chunk])))
             yield self._unpack(rows)
 
     def _unpack(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +372,7 @@ class StoreWriter:
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
             if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
                 # Also entries added and dropped within this generation (by an interrupted run).
-                self.con.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
+                self.con.execute(_PURGE_ORPHANS)
         old_path.unlink(missing_ok=True)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild), calibration)
         self.published, self.gen = self.gen, self.gen + 1

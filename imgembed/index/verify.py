@@ -241,29 +241,17 @@ def repair(index_dir: str | Path, drop_missing: bool = False, wait: bool = False
     done: list[str] = []
     with StoreWriter(index_dir, None, IndexCfg(), wait=wait) as w:  # its start removes leftover files
         gen = w.published
-        with w._tx():
-            cur = w.con.execute("DELETE FROM vectors WHERE length(vec) != ?", (4 * w.dim,))
-            if cur.rowcount:
-                done.append(f"deleted {cur.rowcount} vectors of the wrong size")
-            cur = w.con.execute(
-                "UPDATE files SET removed_gen=? WHERE removed_gen IS NULL AND NOT EXISTS "
-                "(SELECT 1 FROM vectors v WHERE v.hash = files.hash)", (w.gen,))
-            if cur.rowcount:
-                done.append(f"dropped {cur.rowcount} entries without a vector (the next index run embeds them)")
-        if drop_missing:
-            gone = [(w.gen, i) for i, root, rel in w.con.execute(
-                "SELECT f.id, r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id "
-                "WHERE f.removed_gen IS NULL").fetchall() if not os.path.exists(os.path.join(root, rel))]
-            with w._tx():
-                w.con.executemany("UPDATE files SET removed_gen=? WHERE id=? AND removed_gen IS NULL", gone)
-            if gone:
-                done.append(f"dropped {len(gone)} entries of files that no longer exist")
+        if n := w.drop_wrong_size_vectors():
+            done.append(f"deleted {n} vectors of the wrong size")
+        if n := w.drop_rows_without_vectors():
+            done.append(f"dropped {n} entries without a vector (the next index run embeds them)")
+        if drop_missing and (n := w.drop_missing_files()):
+            done.append(f"dropped {n} entries of files that no longer exist")
         if done or any(f.level == ERROR for f in before.findings):
             stats = w.publish(rebuild=True)
             done.append(f"rebuilt {faiss_name(stats.generation)} from the stored vectors "
                         f"({stats.total} vectors, was generation {gen})")
-            with w._tx():
-                w.con.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
+            w.purge_orphans()
     after = verify(index_dir)
     after.repaired = done or ["nothing needed repair"]
     return after
