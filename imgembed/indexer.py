@@ -8,7 +8,6 @@ embedding, so re-indexing an unchanged folder costs the scan and nothing more.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +17,15 @@ from typing import Callable
 
 import numpy as np
 
-from imgembed.config import IndexJobCfg, resolve_workers
-from imgembed.index.format import IDENTITY_KEYS, MANIFEST, NewFile, check_identity, read_manifest
+from imgembed.config import IndexJobCfg
+from imgembed.index.format import MANIFEST, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
-from imgembed.ingest.gpu_decode import gpu_decode_available
-from imgembed.ingest.loader import iter_batches, raw_batch_cap
 from imgembed.ingest.reader import ImageSkipped, hash_file
 from imgembed.model.embedder import Embedder
 from imgembed.model.head import head_paths
+from imgembed.model.pipeline import embed_files
+from imgembed.model.source import EmbedderSource
 
 logger = logging.getLogger(__name__)
 
@@ -79,67 +78,43 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         raise NotADirectoryError(f"not a folder: {root}")
     t0 = time.perf_counter()
     summary = IndexSummary(str(root))
-    identity = None
-    if embedder is None and (Path(index_dir) / MANIFEST).is_file():
-        manifest = read_manifest(index_dir)
-        if _same_embedder_by_name(manifest, cfg):
-            identity = {k: manifest.get(k) for k in IDENTITY_KEYS}
-    if identity is None:  # a new index, or a different embedder: build it now (and let the check speak)
-        embedder = embedder or Embedder.from_cfg(cfg.backbone, cfg.head)
-        identity = embedder.identity()
+    recorded = read_manifest(index_dir) if (Path(index_dir) / MANIFEST).is_file() else None
+    source = EmbedderSource(cfg.backbone, cfg.head, index_dir, recorded, embedder)
     heads = head_paths(cfg.head) if cfg.head else ()
-    with StoreWriter(index_dir, identity, cfg.index, head_files=heads, wait=wait) as store:
-        if embedder is None and not store.stored_dim_ok():  # a manifest edited by hand
-            embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
-            check_identity(store.manifest, embedder.identity(), store.dir)
+    with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
+        if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
+            source.get()
         root_id = store.root_id(root)
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
-
-        live = store.live_files(root_id)
-        on_disk = {f.relpath: f for f in scan.files}
-        todo = []
-        for f in scan.files:
-            old = live.get(f.relpath)
-            if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
-                summary.unchanged += 1
-            else:
-                todo.append(f)
-        changed = {f.relpath for f in todo}
-        store.remove(v.id for rel, v in live.items() if rel not in on_disk or rel in changed)
-        summary.removed = sum(1 for rel in live if rel not in on_disk)
-
+        todo = _drop_changed(store, root_id, scan.files, summary)
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
         if todo:
-            if embedder is None:
-                embedder = Embedder.from_cfg(cfg.backbone, cfg.head)
-                check_identity(store.manifest, embedder.identity(), store.dir)
-            _embed(store, root, root_id, todo, embedder, cfg, summary, progress)
+            _embed(store, root, root_id, todo, source.get(), cfg, summary, progress)
         summary.publish = store.publish()
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _same_embedder_by_name(manifest: dict, cfg: IndexJobCfg) -> bool:
-    """Whether ``cfg`` names the embedder the index was built with, judged without building it.
-
-    Backbone spec, pooling and head fingerprint are compared; the weights' fingerprint is checked
-    against the real model as soon as anything has to be embedded.
-    """
-    if manifest.get("backbone") != cfg.backbone.name:
-        return False
-    if manifest.get("pool") is not None and manifest.get("pool") != cfg.backbone.pool:
-        return False
-    head_fp = None
-    if cfg.head:
-        try:
-            head_fp = json.loads(head_paths(cfg.head)[1].read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            return False  # let the real loader report what is wrong with the head
-    return manifest.get("head_fingerprint") == head_fp
+def _drop_changed(store: StoreWriter, root_id: int, files: list[fs.FileEntry],
+                  summary: IndexSummary) -> list[fs.FileEntry]:
+    """Remove the entries of deleted and changed files; return the files that need a vector."""
+    live = store.live_files(root_id)
+    on_disk = {f.relpath for f in files}
+    todo = []
+    for f in files:
+        old = live.get(f.relpath)
+        if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
+            summary.unchanged += 1
+        else:
+            todo.append(f)
+    changed = {f.relpath for f in todo}
+    store.remove(v.id for rel, v in live.items() if rel not in on_disk or rel in changed)
+    summary.removed = sum(1 for rel in live if rel not in on_disk)
+    return todo
 
 
 def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry],
@@ -171,32 +146,18 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
            cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> None:
-    if not todo:
-        return
     by_rel = {f.relpath: f for f in todo}
     items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
     pending: list[NewFile] = []
     vecs = []
     done = 0
     t0 = time.perf_counter()
-    on_gpu = embedder.device.type == "cuda"
-    embedder.plan(len(items))
-    batch_size = embedder.batch_size(cfg.embed.batch_size)
-    workers = resolve_workers(cfg.embed.workers)
-    decode_on_gpu = gpu_decode_available(embedder.device)
-    if decode_on_gpu:  # batches carry file bytes: keep those in flight within memory
-        cap = raw_batch_cap(sum(f.size for f in todo) / len(todo), workers)
-        if cap < batch_size:
-            logger.info("batch size %d instead of %d: the files' bytes in flight must fit in memory", cap, batch_size)
-            batch_size = cap
-    batches = iter_batches(items, embedder.preprocess, cfg.reader, batch_size, workers, pin_memory=on_gpu,
-                           gpu_device=embedder.device if decode_on_gpu else None)
-    for batch in batches:
+    for batch in embed_files(items, embedder, cfg.reader, cfg.embed):
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))
             logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
         if batch.keys:
-            vecs.append(embedder.embed(batch.pixels))
+            vecs.append(batch.vectors)
             for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):
                 f = by_rel[rel]
                 pending.append(NewFile(rel, f.size, f.mtime_ns, digest, w, h))

@@ -158,6 +158,7 @@ def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_pa
     from conftest import TINY, write_photos
 
     from imgembed import indexer
+    from imgembed.model import pipeline
     from imgembed.config import BackboneCfg, IndexJobCfg
     from imgembed.index.snapshot import Snapshot
 
@@ -167,11 +168,11 @@ def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_pa
     indexer.index_folder(tmp_path / "p", tmp_path / "cpu", cfg)
 
     monkeypatch.setattr(gpu_decode, "_default_decoder", lambda: cpu_decoder)
-    monkeypatch.setattr(indexer, "gpu_decode_available", lambda device: True)
+    monkeypatch.setattr(pipeline, "gpu_decode_available", lambda device: True)
     caps, sizes = [], []
-    monkeypatch.setattr(indexer, "raw_batch_cap", lambda mean, workers: caps.append(mean) or 3)
-    real = indexer.iter_batches
-    monkeypatch.setattr(indexer, "iter_batches",
+    monkeypatch.setattr(pipeline, "raw_batch_cap", lambda mean, workers: caps.append(mean) or 3)
+    real = pipeline.iter_batches
+    monkeypatch.setattr(pipeline, "iter_batches",
                         lambda items, pre, c, bs, *a, **k: sizes.append((bs, k.get("gpu_device")))
                         or real(items, pre, c, bs, *a, **k))
     s = indexer.index_folder(tmp_path / "p", tmp_path / "gpu", cfg)

@@ -32,7 +32,8 @@ import numpy as np
 
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg
-from imgembed.index.format import NewFile, StoreError, identity_diffs
+from imgembed.identity import identity_diffs
+from imgembed.index.format import NewFile, StoreError
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
 

@@ -1,8 +1,10 @@
 """The per-batch work a Ray cluster runs: decode files into pixels, embed pixels into vectors.
 
 Both stages take and return Ray Data numpy batches (``dict[str, np.ndarray]``, one row per file).
-They reuse the local path's pieces: the batch loader (and so ``reader.decode_file``) decodes, and
-the same :class:`~imgembed.model.embedder.Embedder` (backbone + head) embeds.
+They are the two halves of the local loop (:mod:`imgembed.model.pipeline`), run as separate stages
+so that decoding scales with the cluster's CPUs and embedding with its actors: the batch loader
+(and so ``reader.decode_file``) decodes, and :func:`~imgembed.model.pipeline.embed_pixels` with the
+same :class:`~imgembed.model.embedder.Embedder` (backbone + head) embeds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from imgembed.ingest import fs
 from imgembed.ingest.loader import iter_batches
 from imgembed.ingest.preprocess import Preprocess
 from imgembed.model.embedder import Embedder, pick_device, pick_dtype
+from imgembed.model.pipeline import embed_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,6 @@ class EmbedActor:
         ok = np.array([not e for e in batch["error"]], bool)
         vectors = np.zeros((len(ok), self.embedder.dim), np.float32)  # (B, dim)
         if ok.any():
-            vectors[ok] = self.embedder.embed(torch.from_numpy(np.ascontiguousarray(pixels[ok])))
+            vectors[ok] = embed_pixels(self.embedder, torch.from_numpy(np.ascontiguousarray(pixels[ok])))
         batch["vector"] = vectors
         return batch

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from imgembed.config import IndexCfg
+from imgembed.errors import StoreError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DB = "meta.sqlite"
 LOCK = "write.lock"
-IDENTITY_KEYS = ("backbone", "backbone_fingerprint", "pool", "head_fingerprint", "dim", "preprocess")
 
 # Numbered schema migrations; the user_version pragma records how many have run.
 MIGRATIONS = [
@@ -60,10 +60,6 @@ MIGRATIONS = [
     INSERT INTO meta VALUES ('index_type', '');
     """,
 ]
-
-
-class StoreError(RuntimeError):
-    """The index cannot be opened or written as asked; the message says what to do."""
 
 
 class Row(NamedTuple):
@@ -141,26 +137,6 @@ def read_manifest(index_dir: str | Path) -> dict:
     if problems:
         raise StoreError(f"{path} is not a valid imgembed manifest: " + "; ".join(problems))
     return m
-
-
-def identity_diffs(recorded: dict, identity: dict) -> list[str]:
-    """The :data:`IDENTITY_KEYS` on which an embedder's ``identity`` differs from a ``recorded`` one."""
-    identity = json.loads(json.dumps(identity))  # tuples -> lists, as stored
-    return [k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)]
-
-
-def check_identity(manifest: dict, identity: dict, index_dir: str | Path) -> None:
-    """Refuse to mix vectors from different embedders in one index."""
-    diffs = identity_diffs(manifest, identity)
-    if diffs:
-        used = f"backbone {manifest.get('backbone')} (weights {manifest.get('backbone_fingerprint')}, " \
-               f"pool {manifest.get('pool')}), head {manifest.get('head_fingerprint') or 'none'}, dim {manifest.get('dim')}"
-        asked = f"backbone {identity.get('backbone')} (weights {identity.get('backbone_fingerprint')}, " \
-                f"pool {identity.get('pool')}), head {identity.get('head_fingerprint') or 'none'}, dim {identity.get('dim')}"
-        raise StoreError(
-            f"index {index_dir} was built with {used}; this run uses {asked} (differs in: "
-            f"{', '.join(diffs)}). Use the same --backbone/--head, or another --index."
-        )
 
 
 # ---------------------------------------------------------------- database

@@ -24,17 +24,16 @@ import numpy as np
 
 from imgembed.atomic import atomic_write_json, replace_synced
 from imgembed.config import IndexCfg, from_dict
+from imgembed.identity import IDENTITY_KEYS, check_identity
 from imgembed.index import faiss_index
 from imgembed.index.format import (
     DB,
     FORMAT_VERSION,
-    IDENTITY_KEYS,
     LOCK,
     MANIFEST,
     LiveFile,
     NewFile,
     StoreError,
-    check_identity,
     connect,
     faiss_name,
     migrate,

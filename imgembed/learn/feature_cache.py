@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from imgembed.config import EmbedCfg, ReaderCfg, resolve_workers
-from imgembed.ingest.loader import iter_batches
+from imgembed.config import EmbedCfg, ReaderCfg
 from imgembed.model.embedder import Embedder
+from imgembed.model.pipeline import embed_files
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +98,12 @@ def extract_features(paths: Sequence[bytes], embedder: Embedder, reader_cfg: Rea
     done = len(paths) - len(todo)
     if progress:
         progress(done, len(paths))
-    batch_size = 1
-    if todo:
-        embedder.plan(len(todo))
-        batch_size = embedder.batch_size(embed_cfg.batch_size)
-    for batch in iter_batches(todo, embedder.preprocess, reader_cfg, batch_size,
-                              resolve_workers(embed_cfg.workers)):
+    for batch in embed_files(todo, embedder, reader_cfg, embed_cfg, raw=True):
         failures += [(paths[i], why) for i, why in batch.failures]
         if batch.keys:
-            f = embedder.features(batch.pixels).cpu().numpy()
-            feats[batch.keys], ok[batch.keys] = f, True
+            feats[batch.keys], ok[batch.keys] = batch.vectors, True
             if cache:
-                cache.put([(paths[i], v) for i, v in zip(batch.keys, f)])
+                cache.put([(paths[i], v) for i, v in zip(batch.keys, batch.vectors)])
         done += len(batch.keys) + len(batch.failures)
         if progress:
             progress(done, len(paths))

@@ -8,13 +8,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from imgembed.config import BackboneCfg, ReaderCfg
+from imgembed.config import ReaderCfg
+from imgembed.identity import check_identity
 from imgembed.index import faiss_index
-from imgembed.index.format import Row, StoreError, check_identity
+from imgembed.index.format import Row, StoreError
 from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import decode_query
 from imgembed.model.embedder import Embedder
-from imgembed.model.head import load_head
+from imgembed.model.source import embedder_for
 
 
 class Hit(NamedTuple):
@@ -36,17 +37,6 @@ class IndexInfo:
     disk_bytes: int
     metric: str
     nprobe: int | None = None  # IVF lists probed per query (calibrated when the lists were trained)
-
-
-def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
-    """Rebuild the embedder an index was made with (its backbone, pooling and head)."""
-    from imgembed.model.backbones import create_backbone
-
-    cfg = BackboneCfg(name=manifest["backbone"], device=device, pool=manifest.get("pool") or "gem")
-    head = load_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None
-    embedder = Embedder(create_backbone(cfg), head, device=device)
-    check_identity(manifest, embedder.identity(), index_dir)
-    return embedder
 
 
 class Searcher:

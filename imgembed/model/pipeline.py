@@ -1,0 +1,77 @@
+"""Embed these files: the one loop from paths to vectors, for the indexer and the feature cache.
+
+Decode workers read, hash and decode the files (:func:`imgembed.ingest.loader.iter_batches`; JPEGs
+on the GPU when the model runs on CUDA), and the model turns each batch into vectors. The Ray
+engine runs the same two halves as separate stages, so decoding scales with the cluster's CPUs
+and embedding with its actors: :func:`imgembed.ingest.loader.iter_batches` in its decode tasks and
+:func:`embed_pixels` in its actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from imgembed.config import EmbedCfg, ReaderCfg, resolve_workers
+from imgembed.ingest.gpu_decode import gpu_decode_available
+from imgembed.ingest.loader import iter_batches, raw_batch_cap
+from imgembed.model.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+# Files sampled to estimate the mean file size (the GPU path caps the bytes in flight).
+_SIZE_SAMPLE = 256
+
+
+class EmbeddedBatch(NamedTuple):
+    keys: list[Any]  # the caller's key of each embedded file, in order
+    vectors: np.ndarray  # float32 (B, d): unit vectors, or raw backbone features with raw=True
+    sizes: list[tuple[int, int]]  # (width, height) of each photo as shown
+    digests: list[str]  # content hash of each file
+    failures: list[tuple[Any, str]]  # (key, reason) of the files that could not be decoded
+
+
+def embed_pixels(embedder: Embedder, pixels: torch.Tensor, raw: bool = False) -> np.ndarray:
+    """``uint8 (B, 3, S, S)`` -> ``float32 (B, d)``: unit vectors, or the backbone's raw features."""
+    if raw:
+        return embedder.features(pixels).cpu().numpy()
+    return embedder.embed(pixels)
+
+
+def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_cfg: ReaderCfg,
+                embed_cfg: EmbedCfg, raw: bool = False) -> Iterator[EmbeddedBatch]:
+    """Embed ``(key, absolute path)`` items in order, a batch at a time; bad files come back as failures.
+
+    With ``compile="auto"`` the embedder decides here, from the number of files, whether to compile.
+    """
+    if not items:
+        return
+    embedder.plan(len(items))
+    batch_size = embedder.batch_size(embed_cfg.batch_size)
+    workers = resolve_workers(embed_cfg.workers)
+    on_gpu = embedder.device.type == "cuda"
+    decode_on_gpu = gpu_decode_available(embedder.device)
+    if decode_on_gpu:  # batches carry file bytes: keep those in flight within memory
+        cap = raw_batch_cap(_mean_file_bytes(items), workers)
+        if cap < batch_size:
+            logger.info("batch size %d instead of %d: the files' bytes in flight must fit in memory", cap, batch_size)
+            batch_size = cap
+    batches = iter_batches(items, embedder.preprocess, reader_cfg, batch_size, workers, pin_memory=on_gpu,
+                           gpu_device=embedder.device if decode_on_gpu else None)
+    for b in batches:
+        vectors = embed_pixels(embedder, b.pixels, raw) if b.keys else np.zeros((0, 0), np.float32)
+        yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures)
+
+
+def _mean_file_bytes(items: Sequence[tuple[Any, bytes]]) -> float:
+    sizes = []
+    for _, path in items[:: max(1, len(items) // _SIZE_SAMPLE)]:
+        try:
+            sizes.append(os.stat(path).st_size)
+        except OSError:
+            continue
+    return float(np.mean(sizes)) if sizes else 1.0
