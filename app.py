@@ -8,26 +8,22 @@ It never deletes anything.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
-import numpy as np
 import streamlit as st
-import torch
-from PIL import Image
 
 from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, default_index
-from imgembed.index import faiss_index
 from imgembed.index.format import Row, StoreError
 from imgembed.indexer import index_folder
 from imgembed.ingest.reader import ImageSkipped, open_image
 from imgembed.model.backbones import BackboneError
+from imgembed.model.embedder import use_query_threads
 from imgembed.model.head import HeadError
-from imgembed.query.collection import grid_shape, pca_2d, snap_to_grid
-from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, neighbour_graph, neighbour_graph_chunked
-from imgembed.query.search import Hit, Searcher
-from imgembed.query.thumbnails import contact_map, fit, jpeg_bytes, thumbnail
+from imgembed.query.collection import collection_map, neighbour_graph_of
+from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggested_keeper
+from imgembed.query.search import Hit, Query, Searcher
+from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
 
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -37,7 +33,6 @@ MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collec
 MAP_CELL = 64
 PICK_MAX = 5000  # photos offered in the "pick from the index" list
 MAX_GROUPS = 60  # duplicate groups drawn at once
-EXACT_DUPLICATES_MAX = 50_000  # above this, duplicates are found through the index's own search
 OPEN_ERRORS = (StoreError, BackboneError, HeadError, ValueError, OSError)
 
 st.set_page_config(page_title="imgembed: similar photos", page_icon="🔎", layout="wide")
@@ -60,14 +55,9 @@ def shown_name(row: Row) -> str:
 @st.cache_resource(show_spinner="Loading the index and its model…")
 def load_searcher(index_dir: str) -> Searcher:
     """One Searcher (index + model) per index folder per process."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        # One photo gains little from many threads, and when the cores are busy (other sessions,
-        # other programs) spinning threads starve each other: 2 threads took 1.4 s a query on a
-        # loaded 2-core machine where 1 took 0.11 s. Half the cores, at most 4, stays fast on both.
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    use_query_threads()
     s = Searcher(index_dir)
-    pre = s.embedder.preprocess  # load the model now, and fail here if it does not match the index
-    s.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))  # warm up: the first call is slow
+    s.warm_up()  # load the model now, and fail here if it does not match the index
     return s
 
 
@@ -82,51 +72,14 @@ def thumb_jpeg(path: bytes, mtime_ns: int, size: int, square: bool = True) -> tu
 
 @st.cache_data(max_entries=4, show_spinner="Finding each photo's nearest neighbours…")
 def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> NeighbourGraph:
-    ids = all_ids(_searcher)
-    if len(ids) <= EXACT_DUPLICATES_MAX:
-        return neighbour_graph(*vectors_of(_searcher, ids), k=8)
-    index = _searcher.snapshot.index  # large collections: ask the index itself, chunk by chunk
-    chunks = (vectors_of(_searcher, part) for part in np.array_split(ids, len(ids) // 10_000 + 1))
-    return neighbour_graph_chunked(chunks, lambda q, k: faiss_index.search(index, q, k), k=8)
+    return neighbour_graph_of(_searcher.snapshot, k=8)
 
 
 @st.cache_data(max_entries=4, show_spinner="Drawing the map…")
-def collection_map(index_dir: str, generation: int, _searcher: Searcher) -> tuple[bytes | None, int]:
+def map_jpeg(index_dir: str, generation: int, _searcher: Searcher) -> tuple[bytes | None, int]:
     """A JPEG of up to MAP_MAX thumbnails placed by a PCA of their embeddings, and how many."""
-    ids = all_ids(_searcher)
-    if len(ids) == 0:
-        return None, 0
-    if len(ids) > MAP_MAX:
-        ids = np.sort(np.random.default_rng(0).choice(ids, MAP_MAX, replace=False))
-    ids, vecs = vectors_of(_searcher, ids)
-    cols, rows = grid_shape(len(ids))
-    cells = snap_to_grid(pca_2d(vecs), cols, rows)
-    by_id = _searcher.snapshot.rows(ids.tolist())
-    tiles = []
-    for i in ids.tolist():
-        row = by_id.get(i)
-        im = None
-        if row is not None:
-            try:
-                im = thumbnail(row.path, MAP_CELL, ReaderCfg())
-            except ImageSkipped:
-                pass
-        tiles.append(im if im is not None else Image.new("RGB", (MAP_CELL, MAP_CELL), (210, 210, 210)))
-    canvas = contact_map(tiles, [tuple(c) for c in cells.tolist()], cols, rows, MAP_CELL)
-    return jpeg_bytes(canvas, quality=80), len(ids)
-
-
-def all_ids(searcher: Searcher) -> np.ndarray:
-    """File ids of every photo in the open generation, ascending."""
-    return np.fromiter((r.id for r in searcher.snapshot.iter_rows()), dtype=np.int64)
-
-
-def vectors_of(searcher: Searcher, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""
-    found = searcher.snapshot.vectors(ids.tolist())
-    ids = np.array([i for i in ids.tolist() if i in found], dtype=np.int64)
-    dim = searcher.snapshot.manifest["dim"]
-    return ids, np.stack([found[i] for i in ids.tolist()]) if len(ids) else np.zeros((0, dim), np.float32)
+    canvas, n = collection_map(_searcher.snapshot, MAP_MAX, MAP_CELL)
+    return (jpeg_bytes(canvas, quality=80) if canvas is not None else None), n
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -274,11 +227,9 @@ def search_view(searcher: Searcher) -> None:
             data = upload.getvalue()
             if len(data) > MAX_UPLOAD_MB * 2**20:
                 raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB upload limit")
-            hits = searcher.search_image_bytes(data, k)
-        elif query["kind"] == "id":
-            hits = searcher.search_id(query["id"], k)
+            hits = searcher.search(Query("image", image=data), k)
         else:
-            hits = searcher.search_text(query["text"], k)
+            hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k)
     except ImageSkipped as e:
         st.error(f"**{md(upload.name)}** cannot be used as a query: {md(str(e))}. Try another photo.")
         return
@@ -343,10 +294,7 @@ def duplicates_view(searcher: Searcher) -> None:
         members = [rows[i] for i in g.ids if i in rows]
         if len(members) < 2:
             continue
-        size_of = {r.id: (r.width * r.height, r.size) for r in members}
-        best = max(size_of.values())
-        keeper = [i for i, v in size_of.items() if v == best]  # marked only when one stands out
-        keeper = keeper[0] if len(keeper) == 1 else None
+        keeper = suggested_keeper(members)  # marked only when one stands out
         with st.container(border=True):
             st.markdown(f"**Group {n}** · {len(members)} photos · similarity ≥ {g.score:.3f}")
             cols = st.columns(max(len(members), 4))
@@ -371,7 +319,7 @@ def collection_view(searcher: Searcher) -> None:
     st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · metric {info.metric} · "
                f"index folder {md(info.path)}")
     st.subheader("Map of the collection")
-    data, n = collection_map(str(searcher.dir), searcher.snapshot.generation, searcher)
+    data, n = map_jpeg(str(searcher.dir), searcher.snapshot.generation, searcher)
     if data is None:
         st.info("The index is empty.")
         return

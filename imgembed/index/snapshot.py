@@ -149,6 +149,14 @@ class Snapshot:
                                    "WHERE f.id IN ({marks})", (int(i) for i in ids))
         return {r[0]: np.frombuffer(r[1], dtype=np.float32).reshape(dim) for r in rows}
 
+    def vectors_array(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""
+        found = self.vectors(np.asarray(ids).tolist())
+        kept = np.array([i for i in np.asarray(ids).tolist() if i in found], dtype=np.int64)
+        if not len(kept):
+            return kept, np.zeros((0, self.manifest["dim"]), np.float32)
+        return kept, np.stack([found[i] for i in kept.tolist()])
+
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import numpy as np
 import torch
@@ -25,6 +26,17 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def use_query_threads() -> None:
+    """Budget this process's PyTorch threads for answering single queries (the app, a server).
+
+    One photo gains little from many threads, and on busy cores spinning threads starve each other;
+    half the cores, at most 4, stays fast on idle and loaded machines alike (README, "The Streamlit
+    app"). ``OMP_NUM_THREADS``, when set, is left to decide.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
 
 
 def pick_dtype(device: torch.device, precision: str) -> torch.dtype:

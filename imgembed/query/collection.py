@@ -1,9 +1,11 @@
-"""A 2-D map of a collection: PCA of the embeddings, optionally snapped onto a grid of cells.
+"""The collection as a whole: a 2-D map of it, and each photo's nearest neighbours.
 
-PCA keeps the two directions along which the vectors vary most, so photos that are close in the
-embedding space land close on the map (the converse need not hold). :func:`snap_to_grid` then
-moves each point to a free cell of a ``cols x rows`` grid, nearest first, so thumbnails can be
-drawn without overlapping while neighbours stay neighbours. Pure numpy.
+The map is a PCA of the embeddings, snapped onto a grid of cells. PCA keeps the two directions
+along which the vectors vary most, so photos that are close in the embedding space land close on
+the map (the converse need not hold). :func:`snap_to_grid` then moves each point to a free cell of
+a ``cols x rows`` grid, nearest first, so thumbnails can be drawn without overlapping while
+neighbours stay neighbours. The geometry is pure numpy; the functions at the end apply it to one
+published generation of an index.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
+
+from imgembed.config import ReaderCfg
+from imgembed.index import faiss_index
+from imgembed.index.snapshot import Snapshot
+from imgembed.ingest.reader import ImageSkipped
+from imgembed.query.duplicates import NeighbourGraph, neighbour_graph, neighbour_graph_chunked
+from imgembed.query.thumbnails import contact_map, thumbnail
+
+MISSING_TILE = (210, 210, 210)  # the map's tile for a photo that cannot be previewed
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
@@ -71,3 +83,55 @@ def snap_to_grid(coords: np.ndarray, cols: int, rows: int) -> np.ndarray:
         free[j] = False
         out[i] = cells[j]
     return out
+
+
+# ---------------------------------------------------------------- over an index snapshot
+
+# Up to this many photos the neighbour graph is exact (all vectors in memory); beyond, it is asked
+# of the index's own (possibly approximate) search, chunk by chunk.
+EXACT_GRAPH_MAX = 50_000
+GRAPH_CHUNK = 10_000
+
+
+def neighbour_graph_of(snapshot: Snapshot, k: int = 8) -> NeighbourGraph:
+    """Each photo's ``k`` nearest other photos in one published generation of an index."""
+    with snapshot.read():  # the ids, vectors and FAISS index of one generation
+        ids = snapshot.visible_ids()
+        if len(ids) <= EXACT_GRAPH_MAX or snapshot.index is None:
+            return neighbour_graph(*snapshot.vectors_array(ids), k=k)
+        index = snapshot.index
+        chunks = (snapshot.vectors_array(part) for part in np.array_split(ids, len(ids) // GRAPH_CHUNK + 1))
+        return neighbour_graph_chunked(chunks, lambda q, kk: faiss_index.search(index, q, kk), k=k)
+
+
+def map_sample(snapshot: Snapshot, max_photos: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, vectors)`` of the photos drawn on the map: all, or a fixed random sample of ``max_photos``."""
+    with snapshot.read():
+        ids = snapshot.visible_ids()
+        if len(ids) > max_photos:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, max_photos, replace=False))
+        return snapshot.vectors_array(ids)
+
+
+def collection_map(snapshot: Snapshot, max_photos: int, cell: int) -> tuple[Image.Image | None, int]:
+    """A picture of up to ``max_photos`` thumbnails placed by a PCA of their embeddings, and how many.
+
+    Photos that cannot be previewed get a grey tile; an empty index gives ``(None, 0)``.
+    """
+    ids, vecs = map_sample(snapshot, max_photos)
+    if len(ids) == 0:
+        return None, 0
+    cols, rows = grid_shape(len(ids))
+    cells = snap_to_grid(pca_2d(vecs), cols, rows)
+    by_id = snapshot.rows(ids.tolist())
+    tiles = []
+    for i in ids.tolist():
+        row = by_id.get(i)
+        im = None
+        if row is not None:
+            try:
+                im = thumbnail(row.path, cell, ReaderCfg())
+            except ImageSkipped:
+                pass
+        tiles.append(im if im is not None else Image.new("RGB", (cell, cell), MISSING_TILE))
+    return contact_map(tiles, [tuple(c) for c in cells.tolist()], cols, rows, cell), len(ids)

@@ -71,6 +71,19 @@ def neighbour_graph_chunked(chunks: Iterable[tuple[np.ndarray, np.ndarray]], sea
     return NeighbourGraph(np.concatenate(all_ids), np.concatenate(all_nbr), np.concatenate(all_score))
 
 
+def suggested_keeper(members: list) -> int | None:
+    """The id of the member to keep: the largest resolution, then the largest file; None on a tie.
+
+    ``members`` are index rows (anything with ``id``, ``width``, ``height`` and ``size``).
+    """
+    size_of = {r.id: (r.width * r.height, r.size) for r in members}
+    if not size_of:
+        return None
+    best = max(size_of.values())
+    keepers = [i for i, v in size_of.items() if v == best]
+    return keepers[0] if len(keepers) == 1 else None
+
+
 def duplicate_groups(graph: NeighbourGraph, threshold: float) -> list[DuplicateGroup]:
     """Connected groups of photos linked by similarities ``>= threshold``, most similar first."""
     n = len(graph.ids)

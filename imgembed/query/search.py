@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from imgembed.config import ReaderCfg
 from imgembed.identity import check_identity
@@ -16,6 +17,15 @@ from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import decode_query
 from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
+
+
+class Query(NamedTuple):
+    """What to search for: the bytes of an image (``image``), a photo of the index (``id``), or a text."""
+
+    kind: str  # "image", "id" or "text"
+    image: bytes = b""
+    id: int = -1
+    text: str = ""
 
 
 class Hit(NamedTuple):
@@ -57,6 +67,12 @@ class Searcher:
         if self._embedder is None:  # loaded lazily: info and vector search need no model
             self._embedder = embedder_for(self.snapshot.manifest, self.dir, self._device)
         return self._embedder
+
+    def warm_up(self) -> None:
+        """Build the model now (raising here if it does not match the index) and run it once: the
+        first call of a model is several times slower than the next."""
+        pre = self.embedder.preprocess
+        self.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))
 
     def info(self) -> IndexInfo:
         self.snapshot.refresh()
@@ -106,6 +122,17 @@ class Searcher:
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         return self.search_vectors(self.embedder.embed_text([text]), k)[0]
+
+    def search(self, query: Query, k: int = 10) -> list[Hit]:
+        """Answer any :class:`Query`. Raises ImageSkipped for a bad image, StoreError for an id that
+        left the index, BackboneError for text without a text encoder."""
+        if query.kind == "image":
+            return self.search_image_bytes(query.image, k)
+        if query.kind == "id":
+            return self.search_id(query.id, k)
+        if query.kind == "text":
+            return self.search_text(query.text, k)
+        raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
 
 
 def _show(path: bytes) -> str:

@@ -1,0 +1,90 @@
+"""What the app shows comes from library functions a plain test can call: the neighbour graph and
+map of an index, the suggested keeper, and one dispatch for every kind of query."""
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+from conftest import TINY, write_photos
+from test_duplicates import reference_groups
+
+from imgembed.config import BackboneCfg, IndexJobCfg
+from imgembed.index.format import StoreError
+from imgembed.indexer import index_folder
+from imgembed.query import collection
+from imgembed.query.collection import collection_map, neighbour_graph_of
+from imgembed.query.duplicates import duplicate_groups, suggested_keeper
+from imgembed.query.search import Query, Searcher
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("p")
+    write_photos(folder, 14)
+    (folder / "copy.jpg").write_bytes((folder / "img0003.jpg").read_bytes())  # an exact copy
+    cfg = IndexJobCfg(backbone=BackboneCfg(name=TINY))
+    cfg.embed.workers = 0
+    ix = tmp_path_factory.mktemp("ix") / "ix"
+    index_folder(folder, ix, cfg)
+    return ix
+
+
+def _all(searcher):
+    ids = searcher.snapshot.visible_ids()
+    return searcher.snapshot.vectors_array(ids)
+
+
+def test_neighbour_graph_of_an_index_matches_all_pairs(index):
+    s = Searcher(index)
+    ids, vecs = _all(s)
+    graph = neighbour_graph_of(s.snapshot, k=len(ids) - 1)
+    assert sorted(graph.ids.tolist()) == sorted(ids.tolist())
+    for t in (0.9, 0.99, 0.9999):
+        got = sorted(g.ids for g in duplicate_groups(graph, t))
+        assert got == reference_groups(ids, vecs, t)
+    copy = {r.id for r in s.snapshot.iter_rows() if r.relpath in (b"copy.jpg", b"img0003.jpg")}
+    assert any(set(g.ids) == copy for g in duplicate_groups(graph, 0.9999))
+
+
+def test_the_chunked_path_through_the_index_gives_the_same_graph(index, monkeypatch):
+    s = Searcher(index)
+    exact = neighbour_graph_of(s.snapshot, k=4)
+    monkeypatch.setattr(collection, "EXACT_GRAPH_MAX", 0)
+    monkeypatch.setattr(collection, "GRAPH_CHUNK", 4)
+    chunked = neighbour_graph_of(s.snapshot, k=4)
+    order_e, order_c = np.argsort(exact.ids), np.argsort(chunked.ids)
+    assert np.array_equal(exact.ids[order_e], chunked.ids[order_c])
+    assert np.allclose(exact.score[order_e], chunked.score[order_c], atol=1e-5)
+
+
+def test_collection_map_places_every_photo(index):
+    s = Searcher(index)
+    canvas, n = collection_map(s.snapshot, max_photos=100, cell=16)
+    assert n == 15 and canvas.width > 16 and canvas.height > 16
+    canvas, n = collection_map(s.snapshot, max_photos=5, cell=16)
+    assert n == 5  # a fixed sample of larger collections
+
+
+Member = namedtuple("Member", "id width height size")
+
+
+def test_suggested_keeper_is_the_largest_resolution_then_file():
+    assert suggested_keeper([Member(1, 10, 10, 500), Member(2, 20, 10, 100)]) == 2
+    assert suggested_keeper([Member(1, 20, 10, 500), Member(2, 20, 10, 100)]) == 1
+    assert suggested_keeper([Member(1, 20, 10, 100), Member(2, 10, 20, 100)]) is None  # a tie
+    assert suggested_keeper([]) is None
+
+
+def test_one_dispatch_for_every_kind_of_query(index):
+    s = Searcher(index)
+    row = next(r for r in s.snapshot.iter_rows() if r.relpath == b"img0005.jpg")
+    with open(row.path, "rb") as f:
+        by_image = s.search(Query("image", image=f.read()), k=3)
+    assert by_image[0].id == row.id and by_image[0].score == pytest.approx(1.0, abs=1e-5)
+    by_id = s.search(Query("id", id=row.id), k=3)
+    assert row.id not in {h.id for h in by_id}  # a photo of the index is not its own neighbour
+    assert [h.id for h in by_id] == [h.id for h in s.search_id(row.id, k=3)]
+    with pytest.raises(StoreError, match="no photo with id"):
+        s.search(Query("id", id=10**9))
+    with pytest.raises(ValueError, match="unknown query kind"):
+        s.search(Query("sound"))
