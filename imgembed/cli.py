@@ -174,6 +174,12 @@ def _tqdm_progress(enabled: bool):
     return update, close
 
 
+def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
+    return IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
+                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+                       commit_every=a.commit_every)
+
+
 def _print_summary(summary) -> None:
     """Skipped files on stderr (one line each), then the summary lines."""
     for path, reason in summary.skipped:
@@ -190,14 +196,9 @@ def cmd_index(a: argparse.Namespace) -> int:
     if a.shards_out or a.shards_only or a.ray_address:
         raise ValueError("--shards-out, --shards-only and --ray-address go with --engine ray")
 
-    cfg = IndexJobCfg(
-        backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-        reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
-        commit_every=a.commit_every,
-    )
     update, close = _tqdm_progress(show_progress(a))
     try:
-        summary = index_folder(a.folder, a.index, cfg, progress=update, wait=a.wait)
+        summary = index_folder(a.folder, a.index, _job_cfg(a), progress=update, wait=a.wait)
     finally:
         close()
     _print_summary(summary)
@@ -274,16 +275,12 @@ def _eval_features(a: argparse.Namespace, embedder):
 
 
 def _eval_compare(a: argparse.Namespace) -> int:
-    from imgembed.learn.evaluate import compare, format_table, plot_comparison
+    from imgembed.learn.evaluate import compare, format_table, load_heads, plot_comparison
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
-    from imgembed.model.head import load_head, read_head_info
 
     backbone = create_backbone(_backbone_cfg(a))
-    heads = []
-    for path in a.head:  # Embedder checks each head fits the backbone
-        head = Embedder(backbone, load_head(path), device="cpu").head
-        heads.append((f"head {read_head_info(path).get('method', '')} ({Path(path).stem})", head))
+    heads = load_heads(a.head, backbone)
     data = _eval_features(a, Embedder(backbone, device=a.device, compile=a.compile))
     rows = compare(data, heads)
     print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
@@ -297,8 +294,6 @@ def _eval_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_train_head(a: argparse.Namespace) -> int:
-    import time
-
     from tqdm import tqdm
 
     from imgembed.learn.train import load_training_features, save_trained_head, train_head
@@ -322,7 +317,6 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
-    t0 = time.perf_counter()
 
     def on_epoch(rec: dict) -> None:
         bar.update(rec["epoch"] - bar.n)
@@ -333,11 +327,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     finally:
         bar.close()
     weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()))
-    s = result.summary()
-    print(f"trained a {cfg.dim}-d {'supervised' if cfg.labels == 'folders' else 'self-supervised'} head on "
-          f"{s['n_train']} photos ({s['n_val']} for validation) in {time.perf_counter() - t0:.1f} s: "
-          f"kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
-          f"{result.history[0]['val']:.4f} -> {s['best_val']:.4f}")
+    print(result.describe(cfg))
     print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0
 
@@ -378,12 +368,10 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
 
     if not a.shards_out:
         raise ValueError("--engine ray needs --shards-out DIR (where the embedding shards go)")
-    cfg = IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                      reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head)
     update, close = _tqdm_progress(show_progress(a))
     try:
-        summary = embed_to_shards(a.folder, a.shards_out, cfg, RayCfg(address=a.ray_address, shard_size=a.shard_size),
-                                  progress=update)
+        summary = embed_to_shards(a.folder, a.shards_out, _job_cfg(a),
+                                  RayCfg(address=a.ray_address, shard_size=a.shard_size), progress=update)
     except JobFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -393,16 +381,20 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
     if a.shards_only:
         print(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
         return 0
-    a.from_shards = a.shards_out
-    return cmd_build_index(a)
+    return _build_index(a.shards_out, a)
 
 
 def cmd_build_index(a: argparse.Namespace) -> int:
-    from imgembed.distributed.shards import build_index
+    return _build_index(a.from_shards, a)
+
+
+def _build_index(shards_dir: str, a: argparse.Namespace) -> int:
+    """``--index`` from the shards in ``shards_dir`` (``--index-type``, ``--wait``, progress as asked)."""
+    from imgembed.distributed.build_index import build_index
 
     update, close = _tqdm_progress(show_progress(a))
     try:
-        summary = build_index(a.from_shards, a.index, IndexCfg(index_type=a.index_type), progress=update, wait=a.wait)
+        summary = build_index(shards_dir, a.index, IndexCfg(index_type=a.index_type), progress=update, wait=a.wait)
     finally:
         close()
     for line in summary.lines():

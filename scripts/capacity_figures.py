@@ -134,6 +134,7 @@ def measure_add(n: int, dim: int = 128) -> None:
 def measure_build(work: Path, n: int) -> None:
     from imgembed.config import IndexCfg
     from imgembed.distributed import shards
+    from imgembed.distributed.build_index import build_index
 
     dim, size = 128, 10_000
     d = work / "shards"
@@ -153,7 +154,7 @@ def measure_build(work: Path, n: int) -> None:
                                  np.full(len(j), 640), np.full(len(j), 480), [""] * len(j), x[j]))
     shard_bytes = sum(p.stat().st_size for p in d.glob("shard-*.parquet"))
     t = time.perf_counter()
-    summary = shards.build_index(d, work / "built", IndexCfg(index_type="ivfpq"))
+    summary = build_index(d, work / "built", IndexCfg(index_type="ivfpq"))
     s = time.perf_counter() - t
     print(f"build  : build-index from {n} shard rows (128-d, ivfpq, store defaults): {s:.1f} s = "
           f"{s / n * 1e6:.0f} s per million if linear (extrapolated; publish type {summary.publish.index_type}); "

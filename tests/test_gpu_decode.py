@@ -158,9 +158,9 @@ def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_pa
     from conftest import TINY, write_photos
 
     from imgembed import indexer
-    from imgembed.model import pipeline
     from imgembed.config import BackboneCfg, IndexJobCfg
     from imgembed.index.snapshot import Snapshot
+    from imgembed.model import pipeline
 
     write_photos(tmp_path / "p", 10)
     cfg = IndexJobCfg(backbone=BackboneCfg(name=TINY))

@@ -72,6 +72,18 @@ def score(q_vecs: np.ndarray, g_vecs: np.ndarray, data: LabelledFeatures,
     return retrieval_metrics(q_vecs @ g_vecs.T, data.q_labels, data.g_labels, data.exclude, ks)
 
 
+def load_heads(paths: list[str], backbone) -> list[tuple[str, "ProjectionHead"]]:
+    """``(name, head)`` of each head file, checked to fit ``backbone``. Raises HeadError."""
+    from imgembed.model.head import check_fits, load_head, read_head_info
+
+    out = []
+    for path in paths:
+        head = load_head(path)
+        check_fits(head, backbone)
+        out.append((f"head {read_head_info(path).get('method', '')} ({Path(path).stem})", head))
+    return out
+
+
 def project(embedder: Embedder, feats: np.ndarray) -> np.ndarray:
     """Raw features -> the embedder's unit vectors (through its head when it has one)."""
     return embedder.project(torch.from_numpy(feats)).cpu().numpy()

@@ -46,6 +46,14 @@ class TrainResult:
     n_val: int
     extra: dict = field(default_factory=dict)
 
+    def describe(self, cfg: TrainCfg) -> str:
+        """One sentence: what was trained, on how many photos, how long, and what early stopping kept."""
+        s = self.summary()
+        kind = "supervised" if cfg.labels == "folders" else "self-supervised"
+        return (f"trained a {cfg.dim}-d {kind} head on {s['n_train']} photos ({s['n_val']} for validation) in "
+                f"{self.seconds:.1f} s: kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
+                f"{self.history[0]['val']:.4f} -> {s['best_val']:.4f}")
+
     def summary(self) -> dict:
         best = self.history[self.best_epoch]["val"] if self.history else None
         return {"best_epoch": self.best_epoch, "epochs_run": len(self.history) - 1, "val_metric": self.val_metric,

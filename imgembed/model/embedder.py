@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from imgembed.config import COMPILE_MODES, PRECISIONS, BackboneCfg, check_choice, check_device
 from imgembed.model.backbones import Backbone, create_backbone
-from imgembed.model.head import HeadError, ProjectionHead, load_head
+from imgembed.model.head import ProjectionHead, check_fits, load_head
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +91,7 @@ class Embedder:
         """``compile``: run the backbone through ``torch.compile``: "on", "off", or "auto" (decided
         by :meth:`plan` from the number of photos; see :data:`AUTO_COMPILE_MIN_IMAGES`)."""
         if head is not None:
-            if head.cfg.in_dim != backbone.dim:
-                raise HeadError(
-                    f"the head takes {head.cfg.in_dim}-d features but backbone '{backbone.spec}' "
-                    f"gives {backbone.dim}-d; train a head for this backbone (imgembed train-head)")
-            if head.cfg.backbone_fingerprint and head.cfg.backbone_fingerprint != backbone.fingerprint:
-                raise HeadError(
-                    f"the head was trained on backbone '{head.cfg.backbone}' "
-                    f"(weights {head.cfg.backbone_fingerprint}), not on '{backbone.spec}' "
-                    f"(weights {backbone.fingerprint}); use --backbone {head.cfg.backbone}")
+            check_fits(head, backbone)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)

@@ -66,6 +66,19 @@ class ProjectionHead(nn.Module):
         return h.hexdigest()[:16]
 
 
+def check_fits(head: ProjectionHead, backbone) -> None:
+    """Raise HeadError unless ``head`` was trained on features of ``backbone`` (dim and weights)."""
+    if head.cfg.in_dim != backbone.dim:
+        raise HeadError(
+            f"the head takes {head.cfg.in_dim}-d features but backbone '{backbone.spec}' "
+            f"gives {backbone.dim}-d; train a head for this backbone (imgembed train-head)")
+    if head.cfg.backbone_fingerprint and head.cfg.backbone_fingerprint != backbone.fingerprint:
+        raise HeadError(
+            f"the head was trained on backbone '{head.cfg.backbone}' "
+            f"(weights {head.cfg.backbone_fingerprint}), not on '{backbone.spec}' "
+            f"(weights {backbone.fingerprint}); use --backbone {head.cfg.backbone}")
+
+
 def head_paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
