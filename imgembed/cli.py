@@ -260,7 +260,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def _eval_features(a: argparse.Namespace, embedder):
     """Raw features of the gallery and queries (cached), with a progress bar; skipped files listed."""
-    from imgembed.learn.evaluate import load_features
+    from imgembed.learn.folders import load_features
 
     update, close = _tqdm_progress(show_progress(a))
     try:
@@ -275,7 +275,8 @@ def _eval_features(a: argparse.Namespace, embedder):
 
 
 def _eval_compare(a: argparse.Namespace) -> int:
-    from imgembed.learn.evaluate import compare, format_table, load_heads, plot_comparison
+    from imgembed.learn.evaluate import compare, format_table, load_heads
+    from imgembed.learn.plots import plot_comparison
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
 
@@ -296,7 +297,9 @@ def _eval_compare(a: argparse.Namespace) -> int:
 def cmd_train_head(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from imgembed.learn.train import load_training_features, save_trained_head, train_head
+    from imgembed.learn.folders import load_training_features
+    from imgembed.learn.head_files import save_trained_head
+    from imgembed.learn.train import train_head
     from imgembed.model.embedder import Embedder
 
     cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from imgembed.config import BackboneCfg, EmbedCfg, ReaderCfg
-from imgembed.learn.train import TrainCfg, load_training_features, train_head
+from imgembed.learn.folders import load_training_features
+from imgembed.learn.train import TrainCfg, train_head
 from imgembed.model.embedder import Embedder
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "clothing-small"

@@ -11,8 +11,8 @@ from imgembed.cli import main
 from imgembed.config import BackboneCfg
 from imgembed.index.format import StoreError
 from imgembed.learn.baselines import fit_pca, pca_basis
-from imgembed.learn.metrics import retrieval_metrics
-from imgembed.learn.train import TrainCfg, mean_average_precision, split_validation, train_head
+from imgembed.learn.metrics import average_precision, mean_average_precision, retrieval_metrics
+from imgembed.learn.train import TrainCfg, split_validation, train_head
 from imgembed.model.backbones import create_backbone
 from imgembed.model.embedder import Embedder
 from imgembed.model.head import HeadCfg, HeadError, ProjectionHead, load_head, read_head_info, save_head
@@ -33,7 +33,9 @@ def test_fast_map_matches_reference():
     rng = np.random.default_rng(0)
     sim = rng.normal(size=(9, 40))
     q, g = rng.integers(0, 3, 9), rng.integers(0, 3, 40)
-    assert mean_average_precision(sim, q, g) == pytest.approx(retrieval_metrics(sim, q, g).mAP, abs=1e-12)
+    one_by_one = [average_precision(g[np.argsort(-sim[i], kind="stable")] == q[i]) for i in range(len(q))]
+    assert mean_average_precision(sim, q, g) == pytest.approx(np.mean(one_by_one), abs=1e-12)
+    assert retrieval_metrics(sim, q, g).mAP == pytest.approx(np.mean(one_by_one), abs=1e-12)
 
 
 def test_pca_basis_matches_svd_and_completes_beyond_rank():

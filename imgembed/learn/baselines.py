@@ -54,9 +54,11 @@ def pca_basis(feats: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, n
     return mean, comps, var
 
 
-def linear_head(mean: np.ndarray, weight: np.ndarray, backbone: str = "", backbone_fingerprint: str = "") -> ProjectionHead:
-    """A linear :class:`ProjectionHead` with the given centring ``mean (D,)`` and ``weight (d, D)``."""
-    head = ProjectionHead(HeadCfg(in_dim=weight.shape[1], out_dim=weight.shape[0], hidden=0,
+def linear_head(mean: np.ndarray, weight: np.ndarray, backbone: str = "", backbone_fingerprint: str = "",
+                hidden: int = 0) -> ProjectionHead:
+    """A :class:`ProjectionHead` with the given centring ``mean (D,)`` and linear map ``weight (d, D)``
+    (plus, with ``hidden``, a residual MLP branch that starts at zero, so the head starts linear)."""
+    head = ProjectionHead(HeadCfg(in_dim=weight.shape[1], out_dim=weight.shape[0], hidden=hidden,
                                   backbone=backbone, backbone_fingerprint=backbone_fingerprint))
     with torch.no_grad():
         head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))

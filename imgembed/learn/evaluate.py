@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from imgembed.config import EmbedCfg, ReaderCfg
-from imgembed.ingest import fs
-from imgembed.learn.feature_cache import extract_features
+from imgembed.learn.folders import LabelledFeatures
 from imgembed.learn.metrics import RetrievalMetrics, retrieval_metrics
 from imgembed.model.embedder import Embedder
 
 if TYPE_CHECKING:
     from imgembed.model.head import ProjectionHead
-
-
-@dataclass
-class LabelledFeatures:
-    """Raw backbone features of a query set and a gallery, with labels."""
-
-    q_feats: np.ndarray  # float32 (Q, D)
-    g_feats: np.ndarray  # float32 (G, D)
-    q_labels: np.ndarray  # str (Q,)
-    g_labels: np.ndarray  # str (G,)
-    exclude: np.ndarray  # bool (Q, G): the same file on both sides
-    failures: list[tuple[str, str]]
-
-
-def labelled_images(root: str | Path, cfg: ReaderCfg) -> tuple[list[bytes], list[str]]:
-    """Absolute paths and labels (the first sub-folder's name) of the images under ``root``."""
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    paths, labels = [], []
-    for rel, absp in fs.iter_image_paths(root, cfg):
-        parts = rel.split(b"/")
-        if len(parts) >= 2:
-            paths.append(absp)
-            labels.append(fs.display(parts[0]))
-    if not paths:
-        raise ValueError(f"no labelled images under {root}: put each class's photos in a sub-folder named after it")
-    return paths, labels
-
-
-def load_features(gallery: str | Path, queries: str | Path, embedder: Embedder, reader_cfg: ReaderCfg,
-                  embed_cfg: EmbedCfg, progress: Callable[[int, int], None] | None = None) -> LabelledFeatures:
-    g_paths, g_labels = labelled_images(gallery, reader_cfg)
-    q_paths, q_labels = labelled_images(queries, reader_cfg)
-    union = sorted(set(g_paths) | set(q_paths))
-    pos = {p: i for i, p in enumerate(union)}
-    fset = extract_features(union, embedder, reader_cfg, embed_cfg, progress=progress)
-    q_keep = [i for i, p in enumerate(q_paths) if fset.ok[pos[p]]]
-    g_keep = [i for i, p in enumerate(g_paths) if fset.ok[pos[p]]]
-    q_idx = np.array([pos[q_paths[i]] for i in q_keep], dtype=np.int64)
-    g_idx = np.array([pos[g_paths[i]] for i in g_keep], dtype=np.int64)
-    return LabelledFeatures(
-        q_feats=fset.feats[q_idx], g_feats=fset.feats[g_idx],
-        q_labels=np.array([q_labels[i] for i in q_keep]), g_labels=np.array([g_labels[i] for i in g_keep]),
-        exclude=q_idx[:, None] == g_idx[None, :],
-        failures=[(fs.display(p), why) for p, why in fset.failures],
-    )
 
 
 def score(q_vecs: np.ndarray, g_vecs: np.ndarray, data: LabelledFeatures,
@@ -134,27 +84,3 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['method']:<{width}}  {r['dim']:>5}  {100 * r['mAP']:5.1f}  {100 * r['R@1']:5.1f}  "
                      f"{100 * r['R@10']:5.1f}  {r['bytes']:>9}")
     return "\n".join(lines)
-
-
-def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """PNG bar chart of mAP and R@1 per method and dimension."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['method']}\n{r['dim']}-d" for r in rows]
-    xs = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5), dpi=100)
-    ax.bar(xs - 0.2, [100 * r["mAP"] for r in rows], 0.4, label="mAP")
-    ax.bar(xs + 0.2, [100 * r["R@1"] for r in rows], 0.4, label="R@1")
-    ax.set_xticks(xs, labels, fontsize=7, rotation=45, ha="right")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    ax.set_title(title or "retrieval quality by method and dimension")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
