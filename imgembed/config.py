@@ -67,7 +67,7 @@ class BackboneCfg:
     # Precision: "auto" picks per device (bf16 on CUDA, fp32 on CPU, where bf16 is slower).
     precision: str = "auto"
     # torch.compile the backbone: "on", "off", or "auto": CNNs on a CPU from 5,000 photos to embed
-    # (1.4x faster there after a one-off compile of about 30 s; imgembed.model.embedder says more).
+    # (faster after a one-off compile; imgembed.model.embedder.AUTO_COMPILE_MIN_IMAGES says more).
     compile: str = "auto"
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: generated photos, small local model files, an isolated feature cache."""
+"""Shared fixtures: generated photos, small local model files, an isolated feature cache.
+Helpers that tests import live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -10,46 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "photos"
-TINY = "test-tiny"
+from helpers import write_photos
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGEMBED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-
-
-def make_photo(seed: int, size=(96, 72), kind: int | None = None) -> Image.Image:
-    """A synthetic photo: a class-dependent colour and shape on noise; same seed, same image."""
-    rng = np.random.default_rng(seed)
-    kind = seed % 3 if kind is None else kind
-    w, h = size
-    base = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200)][kind], dtype=np.float64)
-    arr = base + rng.normal(0, 25, (h, w, 3))
-    yy, xx = np.mgrid[0:h, 0:w]
-    if kind == 0:
-        arr[(yy // 8) % 2 == 0] *= 0.4
-    elif kind == 1:
-        arr[(xx // 8) % 2 == 0] *= 0.4
-    else:
-        arr[((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (min(w, h) / 3) ** 2] = 255
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-
-
-def write_photos(folder: Path, n: int, start: int = 0, classes: bool = False) -> list[Path]:
-    """``n`` JPEGs under ``folder`` (in sub-folders c0/c1/c2 when ``classes``)."""
-    out = []
-    for i in range(start, start + n):
-        sub = folder / f"c{i % 3}" if classes else folder
-        sub.mkdir(parents=True, exist_ok=True)
-        p = sub / f"img{i:04d}.jpg"
-        make_photo(i).save(p, quality=90)
-        out.append(p)
-    return out
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import ASSETS
+from helpers import ASSETS
 
 from imgembed.config import EmbedCfg, IndexJobCfg
 

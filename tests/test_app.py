@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS, TINY, write_photos
 from demo_index import demo_index
+from helpers import ASSETS, TINY, write_photos
 from PIL import Image
 
 from imgembed.cli import main as cli

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from imgembed.config import BackboneCfg
 from imgembed.model import embedder as embedder_mod

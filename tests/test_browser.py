@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS
 from demo_index import demo_index
+from helpers import ASSETS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

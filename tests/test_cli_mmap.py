@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import TINY
+from helpers import TINY
 
 from imgembed.cli import main
 

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from imgembed.cli import build_parser
 from imgembed.config import BackboneCfg
@@ -53,6 +53,7 @@ def test_plan_compiles_only_when_auto_says_so(monkeypatch):
     assert not off.plan(10**6) and not calls[1:]
 
 
+@pytest.mark.slow
 def test_compiled_vectors_equal_eager_ones_including_a_short_last_batch():
     eager = Embedder.from_cfg(BackboneCfg(name=TINY, device="cpu", compile="off"))
     comp = Embedder.from_cfg(BackboneCfg(name=TINY, device="cpu", compile="on"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_photo, write_photos
+from helpers import TINY, make_photo, write_photos
 
 from imgembed import cli
 from imgembed.config import BackboneCfg, IndexJobCfg

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_photo
+from helpers import make_photo
 from PIL import Image, ImageOps
 
 from imgembed.config import ReaderCfg
@@ -155,7 +155,7 @@ def test_gpu_decode_needs_cuda():
 
 def test_indexing_on_the_gpu_path_caps_the_batch_and_matches_the_cpu_path(tmp_path, monkeypatch):
     """The indexer's GPU branch: nvJPEG (stand-in) decoding, the batch cut by the memory cap."""
-    from conftest import TINY, write_photos
+    from helpers import TINY, write_photos
 
     from imgembed import indexer
     from imgembed.config import BackboneCfg, IndexJobCfg

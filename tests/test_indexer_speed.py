@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import TINY, write_photos
+from helpers import TINY, write_photos
 
 from imgembed.config import BackboneCfg, IndexJobCfg
 from imgembed.index.format import StoreError

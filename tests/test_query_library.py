@@ -5,7 +5,7 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
-from conftest import TINY, write_photos
+from helpers import TINY, write_photos
 from test_duplicates import reference_groups
 
 from imgembed.config import BackboneCfg, IndexJobCfg

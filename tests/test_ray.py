@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts or uses a real local Ray cluster
+
 ray = pytest.importorskip("ray", reason="the Ray engine is the optional extra imgembed[ray]")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from conftest import TINY, write_photos  # noqa: E402
+from helpers import TINY, write_photos  # noqa: E402
 
 from imgembed.cli import main  # noqa: E402
 from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg  # noqa: E402

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import make_photo
+from helpers import make_photo
 from PIL import Image
 
 from imgembed.config import ReaderCfg

@@ -46,12 +46,11 @@ def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-# compile="auto" compiles a CNN backbone on a CPU from this many photos to embed. Measured with
-# EfficientNet-Lite0 on 2 cores, `imgembed index` of 3,781 photos: 127 s uncompiled, 126 s compiled
-# with an empty kernel cache (compiling took 33 s of it), 90 s with a warm one; so compiling pays
-# from about 3,400 photos the first time, and this threshold leaves a margin. ViT backbones gain
-# nothing there (ViT-B-32: 13.0 against 13.3 images/s), and on a GPU the pipeline is bound by
-# decoding, so neither is compiled unless asked.
+# compile="auto" compiles a CNN backbone on a CPU from this many photos to embed: a cold compile
+# pays for itself from a few thousand photos, and this threshold leaves a margin (README, "Speed and
+# scale", has the measured break-even; scripts/bench_pipeline.py --compile on measures the gain).
+# ViT backbones gain nothing on a CPU, and on a GPU the pipeline is bound by decoding, so neither is
+# compiled unless asked.
 AUTO_COMPILE_MIN_IMAGES = 5000
 
 
@@ -95,7 +94,7 @@ class Embedder:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)
-        # NHWC: faster convolutions on CPUs and GPUs; for ViTs only copies (ViT-B-32, 2 cores: 8% slower)
+        # NHWC: faster convolutions on CPUs and GPUs; for ViTs only copies, which made them slower (README)
         self._channels_last = self.device.type in ("cpu", "cuda") and backbone.convolutional
         if self._channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
