@@ -45,8 +45,9 @@ from imgembed.index.format import (
 
 logger = logging.getLogger(__name__)
 
-# Stored vectors that no live entry uses any more.
+# Stored vectors and copy-detection data that no live entry uses any more.
 _PURGE_ORPHANS = "DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
+_PURGE_COPY_DATA = "DELETE FROM copy_data WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
 
 
 @dataclass
@@ -223,7 +224,18 @@ class StoreWriter:
         row = self.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
         return row is None or row[0] == 4 * self.dim
 
+    def lacking_copy_data(self, root_id: int) -> list[tuple[str, bytes]]:
+        """``(content hash, relpath)`` of one live file of this root per content without copy-detection data."""
+        return self.con.execute(
+            "SELECT f.hash, min(f.relpath) FROM files f WHERE f.root_id=? AND f.removed_gen IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM copy_data c WHERE c.hash = f.hash) GROUP BY f.hash", (root_id,)).fetchall()
+
     # -- changes (committed at once, visible to readers only after publish)
+
+    def add_copy_data(self, rows: list[tuple[str, bytes, bytes]]) -> None:
+        """Record ``(content hash, perceptual hashes, packed keypoints)`` (see imgembed.ingest.copy_data)."""
+        with self._tx():
+            self.con.executemany("INSERT OR REPLACE INTO copy_data(hash, hashes, keypoints) VALUES (?, ?, ?)", rows)
 
     def remove(self, ids: Iterable[int]) -> None:
         ids = list(ids)
@@ -272,6 +284,7 @@ class StoreWriter:
     def purge_orphans(self) -> int:
         """Delete stored vectors that no live entry uses; how many."""
         with self._tx():
+            self.con.execute(_PURGE_COPY_DATA)
             return self.con.execute(_PURGE_ORPHANS).rowcount
 
     def _tx(self):
@@ -372,6 +385,7 @@ class StoreWriter:
             if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
                 # Also entries added and dropped within this generation (by an interrupted run).
                 self.con.execute(_PURGE_ORPHANS)
+                self.con.execute(_PURGE_COPY_DATA)
         old_path.unlink(missing_ok=True)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild), calibration)
         self.published, self.gen = self.gen, self.gen + 1
