@@ -158,14 +158,16 @@ class Snapshot:
             return kept, np.zeros((0, self.manifest["dim"]), np.float32)
         return kept, np.stack([found[i] for i in kept.tolist()])
 
-    def copy_data(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
-        """``id -> (perceptual hashes, packed keypoints)`` of those ``ids`` whose content has them (an
-        index older than the copy-data migration has none until its next index run)."""
+    def copy_data(self, ids: Iterable[int], column: str = "hashes") -> dict[int, bytes]:
+        """``id -> perceptual hashes`` (or ``column="keypoints"``: packed keypoints) of those ``ids`` whose
+        content has copy-detection data (an index older than its migration has none until its next index run)."""
+        if column not in ("hashes", "keypoints"):
+            raise ValueError(f"no copy-data column {column!r}")
         if not has_table(self.con, "copy_data"):
             return {}
-        rows = select_in(self.con, "SELECT f.id, c.hashes, c.keypoints FROM files f JOIN copy_data c ON c.hash=f.hash "
+        rows = select_in(self.con, f"SELECT f.id, c.{column} FROM files f JOIN copy_data c ON c.hash=f.hash "
                                    "WHERE f.id IN ({marks})", (int(i) for i in ids))
-        return {r[0]: (r[1], r[2]) for r in rows}
+        return {r[0]: r[1] for r in rows}
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())

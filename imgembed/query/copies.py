@@ -22,6 +22,7 @@ recorded with each preset. Work and memory grow with the number of photos times 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -50,7 +51,7 @@ Progress = Callable[[str, int, int], None]
 KINDS = ("identical bytes", "same pixels", "copy", "similar")
 
 NEIGHBOURS = 8  # embedding neighbours proposed per photo (the app's neighbour graph uses the same)
-PIXELS_DISTANCE = 8  # hash distance below which two photos of one size are decoded and compared
+PIXELS_DISTANCE = 4  # plain hash distance up to which two photos of one size are decoded and compared
 VERIFY_CHUNK = 2000  # candidate pairs whose keypoints are loaded at once (bounds memory)
 
 
@@ -191,8 +192,8 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
     codes = np.zeros((n, 8, HASH_BYTES), np.uint8)
     for p, i in enumerate(ids.tolist()):
         if have[p]:
-            codes[p] = np.frombuffer(data[i][0], np.uint8).reshape(8, HASH_BYTES)
-    del data  # the keypoints are loaded again per chunk of pairs (bounded memory)
+            codes[p] = np.frombuffer(data[i], np.uint8).reshape(8, HASH_BYTES)
+    del data  # keypoints are loaded per chunk of pairs (bounded memory)
     stats = {"missing copy data": int(n - have.sum())}
     if stats["missing copy data"]:
         logger.warning("%d photos have no copy-detection data yet (indexed before it was stored, or by "
@@ -202,11 +203,14 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
     near = hash_search.near_pairs(codes, have, radius)  # (a, b) -> (min dihedral distance, plain distance)
     step("hashes", n, n)
     candidates: dict[tuple[int, int], int] = {}  # pairs to verify by keypoints -> hash distance
+    digests: dict[int, str | None] = {}  # pixel digests, each file decoded once
     for (a, b), (d, plain) in near.items():
         ra, rb = rows[int(ids[a])], rows[int(ids[b])]
         if ra.hash == rb.hash:
             continue
-        if plain <= PIXELS_DISTANCE and (ra.width, ra.height) == (rb.width, rb.height) and _same_pixels(ra, rb, cfg):
+        if plain <= PIXELS_DISTANCE and (ra.width, ra.height) == (rb.width, rb.height) \
+                and _pixel_digest(ra, cfg, digests) is not None \
+                and _pixel_digest(ra, cfg, digests) == _pixel_digest(rb, cfg, digests):
             edges.add(a, b, "same pixels", "same pixels")
         elif 0 <= d <= preset.hash_distance:
             edges.add(a, b, preset.kind, f"hash distance {d}/256")
@@ -261,7 +265,7 @@ def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], s
         for start in range(0, len(pairs), VERIFY_CHUNK):
             chunk = pairs[start:start + VERIFY_CHUNK]
             need = {int(ids[p]) for ab in chunk for p in ab}
-            kp = {i: unpack_keypoints(v[1]) for i, v in snapshot.copy_data(need).items()}
+            kp = {i: unpack_keypoints(v) for i, v in snapshot.copy_data(need, "keypoints").items()}
 
             def one(ab: tuple[int, int]) -> int:
                 a, b = int(ids[ab[0]]), int(ids[ab[1]])
@@ -273,14 +277,15 @@ def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], s
             step("verify", min(start + VERIFY_CHUNK, len(pairs)), len(pairs))
 
 
-def _same_pixels(a: Row, b: Row, cfg: ReaderCfg) -> bool:
-    """Both files decode to the very same pixels (False when either cannot be read)."""
-    try:
-        x = np.asarray(open_image(read_bytes(a.path, cfg), cfg, draft_to=None))
-        y = np.asarray(open_image(read_bytes(b.path, cfg), cfg, draft_to=None))
-    except ImageSkipped:
-        return False
-    return x.shape == y.shape and bool((x == y).all())
+def _pixel_digest(row: Row, cfg: ReaderCfg, cache: dict[int, str | None]) -> str | None:
+    """A digest of the file's pixels, decoded in full and upright (None when it cannot be read)."""
+    if row.id not in cache:
+        try:
+            px = np.asarray(open_image(read_bytes(row.path, cfg), cfg, draft_to=None))
+            cache[row.id] = f"{px.shape}:" + hashlib.blake2b(px.tobytes(), digest_size=16).hexdigest()
+        except ImageSkipped:
+            cache[row.id] = None
+    return cache[row.id]
 
 
 def _finish(snapshot: Snapshot, g: dict, reason: str) -> Group:

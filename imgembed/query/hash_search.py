@@ -1,8 +1,8 @@
 """Pairs of photos whose perceptual hashes are close, one of them flipped or rotated if that is closer.
 
 Each photo has 8 hashes (imgembed.ingest.copy_data: as stored, then its 7 flips and rotations). The
-plain hashes go into a FAISS binary index; every photo asks it with all 8 of its hashes, so a
-rotated copy finds its original through the rotated hash. Exhaustive Hamming search up to
+plain hashes go into a FAISS binary index; every photo asks it for everything within a radius with
+all 8 of its hashes, so a rotated copy finds its original through the rotated hash. Exhaustive Hamming search up to
 :data:`EXACT_MAX` photos; beyond, an inverted-file binary index (approximate: a near-identical hash
 almost always lands in the cell of its original, and :data:`NPROBE` neighbouring cells are searched
 too). Pure compute on arrays.
@@ -16,7 +16,6 @@ import numpy as np
 BITS = 256
 EXACT_MAX = 200_000
 NPROBE = 32
-NEIGHBOURS = 16  # per hash: the most photos one photo can be found close to (raise for many copies)
 CHUNK = 20_000  # photos whose 8 hashes are searched at once
 
 
@@ -39,8 +38,7 @@ def popcount_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
 
 
-def near_pairs(codes: np.ndarray, have: np.ndarray, radius: int,
-               k: int = NEIGHBOURS) -> dict[tuple[int, int], tuple[int, int]]:
+def near_pairs(codes: np.ndarray, have: np.ndarray, radius: int) -> dict[tuple[int, int], tuple[int, int]]:
     """``(a, b) -> (distance, plain distance)`` for rows ``a < b`` of ``codes (n, 8, 32)`` within ``radius``.
 
     ``distance`` is the smallest over the 8 hashes of either photo against the other's plain hash;
@@ -50,22 +48,17 @@ def near_pairs(codes: np.ndarray, have: np.ndarray, radius: int,
     pos = np.nonzero(np.asarray(have, dtype=bool))[0]
     if len(pos) < 2 or radius < 0:
         return {}
-    base = np.ascontiguousarray(codes[pos, 0])
-    index = _index(base)
-    kk = min(k + 1, len(pos))
+    index = _index(np.ascontiguousarray(codes[pos, 0]))
     found: dict[tuple[int, int], int] = {}
     for start in range(0, len(pos), CHUNK):
         sel = pos[start:start + CHUNK]
         q = np.ascontiguousarray(codes[sel].reshape(-1, codes.shape[-1]))
-        dist, nbr = index.search(q, kk)  # (len(sel) * 8, kk)
-        dist = dist.reshape(len(sel), 8 * kk)
-        nbr = nbr.reshape(len(sel), 8 * kk)
-        r, c = np.nonzero((dist <= radius) & (nbr >= 0))
-        a = sel[r]
-        b = pos[nbr[r, c]]
-        d = dist[r, c]
+        lims, dist, nbr = index.range_search(q, radius + 1)  # binary range search: distance < radius + 1
+        query = np.repeat(np.arange(len(q)), np.diff(lims).astype(np.int64))
+        a = sel[query // 8]
+        b = pos[nbr]
         keep = a != b
-        for x, y, z in zip(a[keep].tolist(), b[keep].tolist(), d[keep].tolist()):
+        for x, y, z in zip(a[keep].tolist(), b[keep].tolist(), dist[keep].tolist()):
             key = (x, y) if x < y else (y, x)
             if z < found.get(key, BITS + 1):
                 found[key] = z
