@@ -22,6 +22,7 @@ from imgembed.config import IndexJobCfg, resolve_workers
 from imgembed.index.format import MANIFEST, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
+from imgembed.ingest.copy_data import VERSION as COPY_DATA_VERSION
 from imgembed.ingest.copy_data import copy_data_of_file
 from imgembed.ingest.reader import ImageSkipped, hash_file
 from imgembed.model.embedder import Embedder
@@ -190,6 +191,7 @@ def _add_copy_data(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCf
                    progress: Progress | None) -> None:
     """Perceptual hashes and keypoints of every content of this root that has none yet: the photos just
     embedded or reused, and those indexed before the index stored them. Needs no model."""
+    store.keep_copy_data_version(COPY_DATA_VERSION)
     todo = store.lacking_copy_data(root_id)
     if not todo:
         return

@@ -224,6 +224,13 @@ class StoreWriter:
         row = self.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
         return row is None or row[0] == 4 * self.dim
 
+    def keep_copy_data_version(self, version: int) -> None:
+        """Drop copy-detection data computed by another version of its code (the next pass recomputes it)."""
+        if read_meta(self.con, "copy_data_version") != str(version):
+            with self._tx():
+                self.con.execute("DELETE FROM copy_data")
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('copy_data_version', ?)", (str(version),))
+
     def lacking_copy_data(self, root_id: int) -> list[tuple[str, bytes]]:
         """``(content hash, relpath)`` of one live file of this root per content without copy-detection data."""
         return self.con.execute(

@@ -27,6 +27,9 @@ from PIL import Image
 from imgembed.config import ReaderCfg
 from imgembed.ingest.reader import content_hash, open_image, read_bytes
 
+# Bumped whenever the data below is computed differently: an index holding another version's data
+# recomputes it on its next index run (imgembed.index.store.StoreWriter.keep_copy_data_version).
+VERSION = 2
 SIDE = 512  # longer side of the grey rendering, pixels
 HASH_SIZE = 64  # the photo is scaled to HASH_SIZE x HASH_SIZE for the DCT
 HASH_FREQS = 16  # the HASH_FREQS x HASH_FREQS lowest frequencies give the 256 bits
@@ -34,6 +37,10 @@ HASH_BYTES = HASH_FREQS * HASH_FREQS // 8
 # Measured on the duplicate benchmark (README, "Duplicates"): 256 keypoints found 60% crops that
 # 128 missed; each costs 36 bytes in the index.
 KEYPOINTS = 256
+# Keypoints are spread over a GRID x GRID grid of the photo, KEYPOINTS / GRID**2 per cell first, so
+# that an overlay dense in corners (a line of text) cannot take them all (:mod:`imgembed.query.keypoint_match`).
+GRID = 4
+_DETECTED = 4 * KEYPOINTS  # ORB keypoints detected, to choose from
 _COORD_SCALE = 64  # keypoint coordinates are stored as uint16 in 1/64 pixel (SIDE * 64 < 65536)
 
 
@@ -85,41 +92,58 @@ def dihedral_hashes(coeffs: np.ndarray) -> np.ndarray:
 
 
 def orb_keypoints(grey: np.ndarray, n: int = KEYPOINTS) -> tuple[np.ndarray, np.ndarray]:
-    """``(points float32 (k, 2), descriptors uint8 (k, 32))``, ``k <= n``: ORB keypoints of ``grey``."""
+    """``(points float32 (k, 2), descriptors uint8 (k, 32))``, ``k <= n``: ORB keypoints of ``grey``,
+    the strongest of each grid cell first (:data:`GRID`), then the strongest of the rest."""
     import cv2
 
     cv2.setNumThreads(1)  # called from several threads at once; one photo gains nothing from more
-    orb = cv2.ORB_create(nfeatures=n)
+    orb = cv2.ORB_create(nfeatures=_DETECTED)
     kp, des = orb.detectAndCompute(np.ascontiguousarray(grey), None)
     if des is None or not kp:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     pts = np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2)
-    return pts[:n], des[:n]
+    strength = np.array([k.response for k in kp], dtype=np.float64)
+    h, w = grey.shape
+    cell = (np.minimum(pts[:, 1] * GRID // max(h, 1), GRID - 1) * GRID
+            + np.minimum(pts[:, 0] * GRID // max(w, 1), GRID - 1)).astype(np.int64)
+    order = np.lexsort((-strength, cell))  # by cell, strongest first within a cell
+    rank = np.empty(len(kp), np.int64)
+    start = np.searchsorted(cell[order], np.arange(GRID * GRID))
+    rank[order] = np.arange(len(kp)) - start[cell[order]]
+    quota = n // (GRID * GRID)
+    first = np.nonzero(rank < quota)[0]
+    rest = np.nonzero(rank >= quota)[0]
+    rest = rest[np.argsort(-strength[rest], kind="stable")][: max(0, n - len(first))]
+    keep = np.sort(np.concatenate([first, rest]))
+    return pts[keep], des[keep]
 
 
-def pack_keypoints(pts: np.ndarray, des: np.ndarray) -> bytes:
-    """Keypoints as bytes: count (uint16), coordinates (uint16, 1/64 px), descriptors (32 bytes each)."""
+def pack_keypoints(pts: np.ndarray, des: np.ndarray, size: tuple[int, int] = (SIDE, SIDE)) -> bytes:
+    """Keypoints as bytes: count, rendering width and height (uint16 each), coordinates (uint16, 1/64 px),
+    descriptors (32 bytes each)."""
     k = len(pts)
     coords = np.clip(np.round(pts * _COORD_SCALE), 0, 65535).astype("<u2")
-    return np.array([k], "<u2").tobytes() + coords.tobytes() + np.ascontiguousarray(des, np.uint8).tobytes()
+    head = np.array([k, size[0], size[1]], "<u2").tobytes()
+    return head + coords.tobytes() + np.ascontiguousarray(des, np.uint8).tobytes()
 
 
-def unpack_keypoints(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`pack_keypoints`. Raises ValueError for a blob of the wrong size."""
-    if len(blob) < 2:
+def unpack_keypoints(blob: bytes) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The inverse of :func:`pack_keypoints`: points, descriptors, rendering (width, height).
+    Raises ValueError for a blob of the wrong size."""
+    if len(blob) < 6:
         raise ValueError("keypoint data too short")
-    k = int(np.frombuffer(blob[:2], "<u2")[0])
-    if len(blob) != 2 + k * 4 + k * 32:
+    k, w, h = (int(x) for x in np.frombuffer(blob[:6], "<u2"))
+    if len(blob) != 6 + k * 4 + k * 32:
         raise ValueError(f"keypoint data of {len(blob)} bytes does not hold {k} keypoints")
-    pts = np.frombuffer(blob[2:2 + 4 * k], "<u2").reshape(k, 2).astype(np.float32) / _COORD_SCALE
-    des = np.frombuffer(blob[2 + 4 * k:], np.uint8).reshape(k, 32)
-    return pts, des
+    pts = np.frombuffer(blob[6:6 + 4 * k], "<u2").reshape(k, 2).astype(np.float32) / _COORD_SCALE
+    des = np.frombuffer(blob[6 + 4 * k:], np.uint8).reshape(k, 32)
+    return pts, des, (w, h)
 
 
 def copy_data_of_image(im: Image.Image) -> CopyData:
     grey = grey_rendering(im)
     hashes = dihedral_hashes(dct_coefficients(grey))
-    return CopyData(hashes.tobytes(), pack_keypoints(*orb_keypoints(grey)))
+    return CopyData(hashes.tobytes(), pack_keypoints(*orb_keypoints(grey), (grey.shape[1], grey.shape[0])))
 
 
 def copy_data_of_file(path: str | bytes, cfg: ReaderCfg) -> tuple[str, CopyData]:

@@ -40,7 +40,7 @@ from imgembed.ingest.reader import ImageSkipped, open_image, read_bytes
 from imgembed.query import hash_search
 from imgembed.query.collection import neighbour_graph_of
 from imgembed.query.duplicates import duplicate_groups, keeper_of
-from imgembed.query.keypoint_match import match
+from imgembed.query.keypoint_match import NO_MATCH, ROTATION_TOLERANCE, Match, match
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +62,17 @@ class Preset:
     hash_distance: int  # copies by hash: at most this many of 256 bits differ (-1: no hash matches)
     inliers: int  # copies by keypoints: at least this many inliers (0: no keypoint matches)
     verify_distance: int  # pairs this close in hash are verified by keypoints even if not neighbours
+    rotation: float  # degrees a keypoint match may turn away from a multiple of 90 (keypoint_match)
     kind: str  # the kind given to matches by hash or keypoints
     precision: str  # what the thresholds were calibrated to
 
 
 PRESETS = {
-    "exact": Preset("exact", "the same pixels: byte copies and lossless re-saves", -1, 0, -1, "same pixels",
-                    "precision 1.0: pixels are compared"),
+    "exact": Preset("exact", "the same pixels: byte copies and lossless re-saves", -1, 0, -1, 0.0, "same pixels",
+                     "precision 1.0: pixels are compared"),
     "copies": Preset("copies", "edited copies of one photo: resized, re-encoded, cropped, flipped, rotated, "
-                     "recoloured, overlaid, padded", 40, 15, 64, "copy", "pair precision >= 0.99"),
-    "similar": Preset("similar", "copies and near-identical scenes (burst shots)", 64, 8, 80, "similar",
+                     "recoloured, overlaid, padded", 40, 15, 64, ROTATION_TOLERANCE, "copy", "pair precision >= 0.99"),
+    "similar": Preset("similar", "copies and near-identical scenes (burst shots)", 64, 8, 80, 20.0, "similar",
                       "not calibrated on copies: groups near-identical photos too"),
 }
 assert tuple(PRESETS) == DUPLICATE_PRESETS
@@ -229,9 +230,9 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
                 if key not in edges.best and have[a] and have[b]:
                     candidates.setdefault(key, -1)
         stats["pairs verified"] = len(candidates)
-        for (a, b), inl in _verify(snapshot, ids, list(candidates), step):
-            if inl >= preset.inliers:
-                edges.add(a, b, preset.kind, f"{inl} matching keypoints")
+        for (a, b), m in _verify(snapshot, ids, list(candidates), preset.rotation, step):
+            if m.inliers >= preset.inliers:
+                edges.add(a, b, preset.kind, f"{m.inliers} matching keypoints")
     groups = []
     for g in edges.groups(n):
         members = [rows[int(ids[p])] for p in g]
@@ -257,8 +258,8 @@ def _by_threshold(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], thr
     return Report("threshold", f"embedding cosine >= {threshold:.3f}", groups, len(ids))
 
 
-def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], step: Progress):
-    """``((a, b), inliers)`` for each candidate pair, a chunk of pairs' keypoints in memory at a time."""
+def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], rotation: float, step: Progress):
+    """``((a, b), Match)`` for each candidate pair, a chunk of pairs' keypoints in memory at a time."""
     pairs.sort()
     workers = os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -267,11 +268,11 @@ def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], s
             need = {int(ids[p]) for ab in chunk for p in ab}
             kp = {i: unpack_keypoints(v) for i, v in snapshot.copy_data(need, "keypoints").items()}
 
-            def one(ab: tuple[int, int]) -> int:
+            def one(ab: tuple[int, int]) -> Match:
                 a, b = int(ids[ab[0]]), int(ids[ab[1]])
                 if a not in kp or b not in kp:
-                    return 0
-                return max(match(kp[a], kp[b], SIDE).inliers, match(kp[b], kp[a], SIDE).inliers)
+                    return NO_MATCH
+                return match(kp[a], kp[b], SIDE, rotation)
 
             yield from zip(chunk, pool.map(one, chunk))
             step("verify", min(start + VERIFY_CHUNK, len(pairs)), len(pairs))
