@@ -245,15 +245,15 @@ def baseline_rows(meta, photos: Path, work: Path, python: str, floor: float) -> 
         d = hamming(data[name], dihedral=False)
         print(row(f"imagededup {name} <= {IMAGEDEDUP_DEFAULT} (default)", at_threshold(meta, d, IMAGEDEDUP_DEFAULT)))
         s, t = sweep(meta, d, range(0, 33), floor)
-        if s:
-            print(row(f"imagededup {name} <= {t} (loosest at precision >= {floor:.3f})", s))
+        print(row(f"imagededup {name} <= {t} (loosest at precision >= {floor:.3f})", s) if s
+              else f"| imagededup {name}: no threshold reaches precision {floor:.3f} (distance 0 already groups others) |")
     for dihedral in (False, True):
         d = hamming(data["pdq"], dihedral=dihedral)
         label = "PDQ" + (" dihedral" if dihedral else "")
         print(row(f"{label} <= {PDQ_DEFAULT} (default)", at_threshold(meta, d, PDQ_DEFAULT)))
         s, t = sweep(meta, d, range(0, 129, 2), floor)
-        if s:
-            print(row(f"{label} <= {t} (loosest at precision >= {floor:.3f})", s))
+        print(row(f"{label} <= {t} (loosest at precision >= {floor:.3f})", s) if s
+              else f"| {label}: no threshold reaches precision {floor:.3f} |")
     secs = dict(zip(data["names"].tolist(), data["seconds"].tolist()))
     print("hashing time, s for all files: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
 

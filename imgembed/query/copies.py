@@ -230,7 +230,7 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
                 if key not in edges.best and have[a] and have[b]:
                     candidates.setdefault(key, -1)
         stats["pairs verified"] = len(candidates)
-        for (a, b), m in _verify(snapshot, ids, list(candidates), preset.rotation, step):
+        for (a, b), m in _verify(snapshot, ids, list(candidates), preset, step):
             if m.inliers >= preset.inliers:
                 edges.add(a, b, preset.kind, f"{m.inliers} matching keypoints")
     groups = []
@@ -258,7 +258,7 @@ def _by_threshold(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], thr
     return Report("threshold", f"embedding cosine >= {threshold:.3f}", groups, len(ids))
 
 
-def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], rotation: float, step: Progress):
+def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], preset: Preset, step: Progress):
     """``((a, b), Match)`` for each candidate pair, a chunk of pairs' keypoints in memory at a time."""
     pairs.sort()
     workers = os.cpu_count() or 1
@@ -272,7 +272,7 @@ def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], r
                 a, b = int(ids[ab[0]]), int(ids[ab[1]])
                 if a not in kp or b not in kp:
                     return NO_MATCH
-                return match(kp[a], kp[b], SIDE, rotation)
+                return match(kp[a], kp[b], SIDE, preset.rotation, preset.inliers)
 
             yield from zip(chunk, pool.map(one, chunk))
             step("verify", min(start + VERIFY_CHUNK, len(pairs)), len(pairs))

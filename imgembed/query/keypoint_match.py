@@ -86,9 +86,16 @@ def extent(pts: np.ndarray, inliers: np.ndarray, m: np.ndarray, other: tuple[int
     return float(np.min(span / np.maximum(whole, 1.0)))
 
 
-def match(a: Keypoints, b: Keypoints, side: int, rotation_tolerance: float = ROTATION_TOLERANCE) -> Match:
+# RANSAC iterations: at an inlier share of MIN_INLIER_RATIO a random pair of matches (the sample of a
+# similarity transform) is all inliers with probability 0.49, so 200 draws all miss with ~1e-58.
+RANSAC_ITERATIONS = 200
+
+
+def match(a: Keypoints, b: Keypoints, side: int, rotation_tolerance: float = ROTATION_TOLERANCE,
+          min_inliers: int = MIN_MATCHES) -> Match:
     """How well keypoints ``a`` map onto ``b`` (renderings of longer side ``side``); a transform turning
-    more than ``rotation_tolerance`` degrees away from a multiple of 90 counts as no match."""
+    more than ``rotation_tolerance`` degrees away from a multiple of 90 counts as no match. Pairs
+    with fewer descriptor matches than ``min_inliers`` are not fitted (they cannot reach it)."""
     import cv2
 
     (pa, da, size_a), (pb, db, size_b) = a, b
@@ -96,12 +103,12 @@ def match(a: Keypoints, b: Keypoints, side: int, rotation_tolerance: float = ROT
         return NO_MATCH
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(da, db, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
-    if len(good) < MIN_MATCHES:
-        return NO_MATCH
+    if len(good) < max(MIN_MATCHES, min_inliers):
+        return NO_MATCH._replace(matches=len(good))
     ia = np.array([g.queryIdx for g in good])
     ib = np.array([g.trainIdx for g in good])
     m, inl = cv2.estimateAffinePartial2D(pa[ia], pb[ib], method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION * side,
-                                         maxIters=2000, confidence=0.99)
+                                         maxIters=RANSAC_ITERATIONS, confidence=0.999)
     if m is None or inl is None:
         return NO_MATCH
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
