@@ -58,7 +58,7 @@ def near_pairs(codes: np.ndarray, have: np.ndarray, radius: int) -> dict[tuple[i
         a = sel[query // 8]
         b = pos[nbr]
         keep = a != b
-        for x, y, z in zip(a[keep].tolist(), b[keep].tolist(), dist[keep].tolist()):
+        for x, y, z in zip(a[keep].tolist(), b[keep].tolist(), dist[keep].astype(np.int64).tolist()):
             key = (x, y) if x < y else (y, x)
             if z < found.get(key, BITS + 1):
                 found[key] = z
