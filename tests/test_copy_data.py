@@ -165,3 +165,18 @@ def test_every_edit_makes_a_decodable_copy():
     assert (grey[..., 0] == grey[..., 1]).all()  # decoded to RGB, all channels equal
     with pytest.raises(ValueError, match="unknown edit"):
         make_copy("sepia", im, data, rng)
+
+
+def test_uniform_borders_are_trimmed():
+    rng = np.random.default_rng(0)
+    content = rng.integers(0, 256, (100, 80)).astype(np.uint8)
+    padded = np.zeros((160, 160), np.uint8)
+    padded[30:130, 40:120] = content
+    assert (cd.trim_borders(padded) == content).all()
+    assert (cd.trim_borders(content) == content).all()  # no border: untouched
+    flat = np.full((50, 50), 7, np.uint8)
+    assert cd.trim_borders(flat).shape == (50, 50)  # one colour all over: kept
+    im = photo(2)
+    boxed = Image.new("RGB", (im.width + 200, im.height + 60))
+    boxed.paste(im, (100, 30))
+    assert _dist(_hashes(im)[0], _hashes(boxed)[0]) <= 24  # a padded copy hashes like its original

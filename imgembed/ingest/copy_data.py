@@ -1,8 +1,8 @@
 """What the duplicate finder keeps of each photo: a perceptual hash and a few hundred local features.
 
-Both are computed from one grey rendering of the photo, upright, scaled to a longer side of
-:data:`SIDE` pixels (small photos are scaled up, so a resized copy and its original are compared at
-the same scale):
+Both are computed from one grey rendering of the photo, upright, without uniform borders (black
+padding, letterboxing), scaled to a longer side of :data:`SIDE` pixels (small photos are scaled up,
+so a resized copy and its original are compared at the same scale):
 
 - **Perceptual hash** (256 bits): the 16x16 lowest frequencies of the 2-D DCT of the photo scaled to
   64x64, each bit telling whether its coefficient is above their median (the construction of PDQ and
@@ -29,7 +29,7 @@ from imgembed.ingest.reader import content_hash, open_image, read_bytes
 
 # Bumped whenever the data below is computed differently: an index holding another version's data
 # recomputes it on its next index run (imgembed.index.store.StoreWriter.keep_copy_data_version).
-VERSION = 2
+VERSION = 3
 SIDE = 512  # longer side of the grey rendering, pixels
 HASH_SIZE = 64  # the photo is scaled to HASH_SIZE x HASH_SIZE for the DCT
 HASH_FREQS = 16  # the HASH_FREQS x HASH_FREQS lowest frequencies give the 256 bits
@@ -60,11 +60,55 @@ def _dct_matrix(n: int, m: int) -> np.ndarray:
 _DCT = _dct_matrix(HASH_SIZE, HASH_FREQS)
 
 
+# Borders: edge rows and columns within BORDER_RANGE grey levels of one another are trimmed, at most
+# BORDER_MAX of each side, so that a letterboxed or padded copy is the photo again and two different
+# padded photos do not match on their borders' corners.
+BORDER_RANGE = 24
+BORDER_MAX = 0.4
+
+
+def trim_borders(grey: np.ndarray) -> np.ndarray:
+    """``grey`` without its uniform borders (each edge row or column nearly one colour, the colour of
+    the edge it starts from), at most :data:`BORDER_MAX` of each side."""
+    h, w = grey.shape
+    g = grey.astype(np.int16)
+
+    def uniform(line: np.ndarray, ref: float) -> bool:
+        return int(line.max()) - int(line.min()) <= BORDER_RANGE and abs(float(line.mean()) - ref) <= BORDER_RANGE / 2
+
+    def cut(lines, n: int) -> int:
+        first = next(iter(lines), None)
+        if first is None:
+            return 0
+        ref = float(first.mean())
+        k = 0
+        for line in lines:
+            if k >= int(BORDER_MAX * n) or not uniform(line, ref):
+                break
+            k += 1
+        return k
+
+    top = cut(g, h)
+    bottom = cut(g[::-1], h)
+    left = cut(g.T, w)
+    right = cut(g.T[::-1], w)
+    inner = grey[top:h - bottom, left:w - right]
+    if inner.size == 0 or int(inner.max()) - int(inner.min()) <= BORDER_RANGE:
+        return grey  # one colour all over: nothing to trim to
+    return inner
+
+
 def grey_rendering(im: Image.Image) -> np.ndarray:
-    """``uint8 (h, w)``: the photo in grey, scaled so that its longer side is :data:`SIDE`."""
+    """``uint8 (h, w)``: the photo in grey without uniform borders, scaled so that its longer side is
+    :data:`SIDE`."""
     scale = SIDE / max(im.size)
     size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    return np.asarray(im.convert("L").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    grey = trim_borders(np.asarray(im.convert("L").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)))
+    if max(grey.shape) == SIDE:
+        return np.ascontiguousarray(grey)
+    scale = SIDE / max(grey.shape)
+    size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.Resampling.BILINEAR))
 
 
 def dct_coefficients(grey: np.ndarray) -> np.ndarray:
