@@ -13,7 +13,16 @@ import time
 
 import streamlit as st
 
-from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, default_index
+from imgembed.config import (
+    DEFAULT_BACKBONE,
+    IMAGE_FORMATS,
+    MAX_UPLOAD_MB,
+    BackboneCfg,
+    EmbedCfg,
+    IndexJobCfg,
+    ReaderCfg,
+    default_index,
+)
 from imgembed.index.format import Row, StoreError
 from imgembed.indexer import index_folder
 from imgembed.ingest.reader import ImageSkipped, open_image
@@ -25,8 +34,7 @@ from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggeste
 from imgembed.query.search import Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
 
-MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_FORMATS]  # jpg ... heic, avif
 GRID_COLS = 5
 THUMB_PX = 256
 MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collections)

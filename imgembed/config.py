@@ -41,6 +41,19 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# Image formats imgembed reads: file suffix -> the Pillow plugin that decodes it. Files are opened
+# with these plugins only, whatever their bytes claim to be. ReaderCfg.extensions, the app's upload
+# types and the reader's plugin list all come from here. HEIF (.heic/.heif, the iPhone default) is
+# decoded by pillow-heif's plugin, AVIF by Pillow's own.
+IMAGE_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+    ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF",
+}
+# The largest upload the app and the HTTP API accept (the app's browser limit is
+# server.maxUploadSize in .streamlit/config.toml, in MB).
+MAX_UPLOAD_MB = 25
+
+
 @dataclass
 class ReaderCfg:
     # A declared width x height above this is refused before decoding (decompression bombs).
@@ -52,10 +65,13 @@ class ReaderCfg:
     jpeg_draft: bool = True
     # Follow symlinked files (symlinked directories are never followed: they can loop).
     follow_symlinks: bool = True
-    # Lower-case file suffixes that are considered images.
-    extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-    )
+    # Lower-case file suffixes that are considered images (keys of IMAGE_FORMATS).
+    extensions: tuple[str, ...] = tuple(IMAGE_FORMATS)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The Pillow plugins allowed to open a file: those of :attr:`extensions`."""
+        return tuple(dict.fromkeys(IMAGE_FORMATS[e] for e in self.extensions if e in IMAGE_FORMATS))
 
 
 @dataclass

@@ -34,6 +34,8 @@ def _seeds() -> list[bytes]:
         encode(base, "WEBP"),
         encode(base, "BMP"),
         encode(base, "TIFF"),
+        encode(base, "HEIF", quality=80, exif=exif.tobytes()),
+        encode(base, "AVIF", quality=80, exif=exif.tobytes()),
     ]
 
 
@@ -65,6 +67,9 @@ def _decode_or_skip(data: bytes, tmp: str) -> None:
     """The two image-loading entry points: bytes (uploads) and files (indexing)."""
     with open(tmp, "wb") as f:
         f.write(data)
+    # Metadata is best effort: whatever the bytes, a PhotoMeta comes back and nothing is raised.
+    assert isinstance(reader.metadata_of(data, ReaderCfg()), reader.PhotoMeta)
+    assert isinstance(reader.read_metadata(tmp, ReaderCfg()), reader.PhotoMeta)
     for call in (lambda: reader.decode_query(data, PRE, ReaderCfg(max_pixels=4_000_000)),
                  lambda: reader.decode_file(tmp, PRE, ReaderCfg(max_pixels=4_000_000))):
         try:
@@ -87,7 +92,8 @@ def test_fuzz_mutated_images_only_raise_image_skipped(data):
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True)
 @given(data=st.one_of(st.binary(max_size=2048),
-                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0"])
+                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0",
+                                       b"\0\0\0\x18ftypheic", b"\0\0\0\x1cftypavif"])
                       .flatmap(lambda magic: st.binary(max_size=1024).map(lambda rest: magic + rest))))
 def test_fuzz_random_bytes_only_raise_image_skipped(data):
     with tempfile.NamedTemporaryFile(suffix=".img") as f:

@@ -15,13 +15,22 @@ from struct import error as struct_error
 from typing import NamedTuple
 
 import numpy as np
+import pillow_heif
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from imgembed.config import ReaderCfg
+from imgembed.ingest.metadata import PhotoMeta, photo_meta
 from imgembed.ingest.preprocess import Preprocess
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+# HEIF/HEIC through pillow-heif's Pillow plugin (libheif applies the file's rotation and mirroring
+# and resets the EXIF orientation to 1, so the EXIF step below leaves it upright). Only the primary
+# image is read: no thumbnails, depth maps or auxiliary images. Deeper than 8 bits (10-bit HDR
+# photos) is scaled to 8 bits by the plugin.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 class ImageSkipped(Exception):
@@ -36,6 +45,7 @@ class Decoded(NamedTuple):
     width: int  # upright size of the original photo
     height: int
     digest: str  # content hash of the file's bytes
+    meta: PhotoMeta = PhotoMeta()  # capture time, camera, GPS from the file's EXIF
 
 
 def content_hash(data: bytes) -> str:
@@ -96,9 +106,9 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb and corrupt-EXIF warnings: the checks here decide
             try:
-                im = Image.open(io.BytesIO(data))
+                im = Image.open(io.BytesIO(data), formats=cfg.formats)  # no other plugin ever runs
             except Image.DecompressionBombError:  # Pillow's own limit; say it in our terms
-                im = _by_plugin(data)
+                im = _by_plugin(data, cfg.formats)
                 if not isinstance(im, Image.Image):
                     raise
             w, h = im.size
@@ -111,14 +121,15 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
             if draft_to and cfg.jpeg_draft and im.format == "JPEG":
                 im.draft("RGB", (draft_to, draft_to))  # DCT-domain downscale: several times faster
             im.load()
+            icc = im.info.get("icc_profile")
             im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            return to_srgb(to_rgb(im), icc)
     except ImageSkipped:
         raise
     except Image.DecompressionBombError as e:
         raise ImageSkipped(f"{e} (--max-pixels)") from e
     except Image.UnidentifiedImageError as e:
-        why = _by_plugin(data)
+        why = _by_plugin(data, cfg.formats)
         if isinstance(why, Exception):  # a known signature whose decoder refused the file
             raise ImageSkipped(f"broken image: {why}") from e
         raise ImageSkipped("not an image (format not recognised)") from e
@@ -130,13 +141,16 @@ def open_image(data: bytes, cfg: ReaderCfg, draft_to: int | None) -> Image.Image
         raise ImageSkipped(f"broken image: {type(e).__name__}: {e}") from e
 
 
-def _by_plugin(data: bytes) -> Image.Image | Exception | None:
-    """Open ``data`` with the Pillow plugin whose signature it carries, without Pillow's generic
-    wrapping: the image (header read only), the plugin's own error, or None for no signature."""
+def _by_plugin(data: bytes, formats: tuple[str, ...]) -> Image.Image | Exception | None:
+    """Open ``data`` with the plugin, among ``formats``, whose signature it carries, without Pillow's
+    generic wrapping: the image (header read only), the plugin's own error, or None for no signature."""
     Image.init()
-    for fmt, (factory, accept) in Image.OPEN.items():
+    for fmt in formats:
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None:
+            continue
         try:
-            if accept is None or not accept(data[:16]):
+            if accept is not None and not accept(data[:16]):
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -160,6 +174,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
+    """An RGB image with an embedded ICC profile (Display P3 and Adobe RGB phone photos) converted to
+    sRGB, the space the backbones were trained on. A profile that cannot be used is ignored."""
+    if not icc:
+        return im
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in (ImageCms.getProfileDescription(src) or "").lower().replace(" ", ""):
+            return im
+        return ImageCms.profileToProfile(im, src, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return im
 
 
 # Beyond this aspect ratio the full resize would be far larger than the crop kept from it.
@@ -187,8 +215,34 @@ def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg) -> Decoded:
     """Read, hash and decode one file. Raises ImageSkipped with the reason, and nothing else."""
     data = read_bytes(path, cfg)
     im = open_image(data, cfg, draft_to=pre.resize)
-    w, h = _original_size(data, im)
-    return Decoded(_tensor(im, pre), w, h, content_hash(data))
+    w, h = _original_size(data, im, cfg)
+    return Decoded(_tensor(im, pre), w, h, content_hash(data), metadata_of(data, cfg))
+
+
+def metadata_of(data: bytes, cfg: ReaderCfg) -> PhotoMeta:
+    """The EXIF metadata of an image's bytes (header only, no decoding). Never raises."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=cfg.formats) as im:
+                return photo_meta(im)
+    except Exception:  # metadata is best effort; the pixels decide whether a file is usable
+        return PhotoMeta()
+
+
+def read_metadata(path: str | bytes, cfg: ReaderCfg) -> PhotoMeta:
+    """The EXIF metadata of a file, reading its header only: for photos indexed before metadata was
+    recorded, and for renamed or copied ones. Never raises (an unreadable file: empty metadata)."""
+    try:
+        f, size = _open_regular(path)
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not 0 < size <= cfg.max_bytes:
+                return PhotoMeta()
+            with Image.open(f, formats=cfg.formats) as im:
+                return photo_meta(im)
+    except Exception:
+        return PhotoMeta()
 
 
 def _tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
@@ -198,12 +252,12 @@ def _tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
         raise ImageSkipped(f"cannot resize {im.size[0]}x{im.size[1]} image: {type(e).__name__}: {e}") from e
 
 
-def _original_size(data: bytes, upright: Image.Image) -> tuple[int, int]:
+def _original_size(data: bytes, upright: Image.Image, cfg: ReaderCfg) -> tuple[int, int]:
     """Width and height of the photo as shown (after EXIF rotation, before any draft scaling)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as raw:
+            with Image.open(io.BytesIO(data), formats=cfg.formats) as raw:
                 w, h = raw.size
                 orientation = raw.getexif().get(0x0112, 1) if hasattr(raw, "getexif") else 1
     except Exception:  # the image decoded once already; its metadata is only used for display sizes
