@@ -21,7 +21,8 @@ from imgembed.config import IndexJobCfg
 from imgembed.index.format import MANIFEST, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
-from imgembed.ingest.reader import ImageSkipped, hash_file
+from imgembed.ingest.metadata import PhotoMeta, with_fallback
+from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
 from imgembed.model.embedder import Embedder
 from imgembed.model.head import head_paths
 from imgembed.model.pipeline import embed_files
@@ -41,6 +42,7 @@ class IndexSummary:
     reused: int = 0  # new paths whose content the index already had (renames, copies)
     unchanged: int = 0
     removed: int = 0  # deleted or changed files whose old entry was dropped
+    metadata: int = 0  # photos indexed before metadata was recorded whose metadata was read now
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -59,6 +61,9 @@ class IndexSummary:
             f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
             + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
         ]
+        if self.metadata:
+            out.append(f"metadata (capture time, camera, GPS) read for {self.metadata} photos indexed before; "
+                       "nothing re-embedded")
         if self.publish is not None:
             out.append(self.publish.describe())
         return out
@@ -89,6 +94,7 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
         todo = _drop_changed(store, root_id, scan.files, summary)
+        _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
         if todo:
@@ -122,26 +128,58 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
     """Record files whose content the index already has; return the ones still to embed."""
 
     def one(f: fs.FileEntry):
+        path = fs.abspath(root, f.relpath)
         try:
-            return f, hash_file(fs.abspath(root, f.relpath), cfg.reader), None
+            return f, hash_file(path, cfg.reader), None, read_metadata(path, cfg.reader)
         except ImageSkipped as e:
-            return f, None, str(e)
+            return f, None, str(e), None
 
     hashed = []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for n, (f, digest, err) in enumerate(pool.map(one, todo), 1):
+        for n, (f, digest, err, meta) in enumerate(pool.map(one, todo), 1):
             if err:
                 summary.skipped.append((fs.display(f.relpath), err))
             else:
-                hashed.append((f, digest))
+                hashed.append((f, digest, meta))
             if progress:
                 progress("hash", n, len(todo))
-    known = store.known_hashes(d for _, d in hashed)
+    known = store.known_hashes(d for _, d, _ in hashed)
     dims = store.dims_of(known)
-    reuse = [NewFile(f.relpath, f.size, f.mtime_ns, d, *dims[d]) for f, d in hashed if d in known]
+    reuse = [_new_file(f, d, dims[d], m) for f, d, m in hashed if d in known]
     store.add(root_id, reuse)
     summary.reused = len(reuse)
-    return [f for f, d in hashed if d not in known]
+    return [f for f, d, _ in hashed if d not in known]
+
+
+def _new_file(f: fs.FileEntry, digest: str, size: tuple[int, int], meta: PhotoMeta) -> NewFile:
+    return NewFile(f.relpath, f.size, f.mtime_ns, digest, *size, *with_fallback(meta, f.mtime_ns))
+
+
+def _fill_metadata(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCfg, summary: IndexSummary,
+                   progress: Progress | None) -> None:
+    """Read the metadata of photos indexed before it was recorded (an index made by an older
+    imgembed, or by build-index): file headers only, no decoding, no embedding."""
+    missing = store.missing_meta(root_id)
+    if not missing:
+        return
+
+    def one(item: tuple[int, bytes, int]) -> tuple[int, NewFile]:
+        file_id, rel, mtime_ns = item
+        meta = read_metadata(fs.abspath(root, rel), cfg.reader)
+        return file_id, NewFile(rel, 0, mtime_ns, "", 0, 0, *with_fallback(meta, mtime_ns))
+
+    done = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for n, item in enumerate(pool.map(one, missing), 1):
+            done.append(item)
+            if len(done) >= cfg.commit_every:
+                store.set_meta(done)
+                summary.metadata += len(done)
+                done = []
+            if progress:
+                progress("metadata", n, len(missing))
+    store.set_meta(done)
+    summary.metadata += len(done)
 
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
@@ -158,9 +196,8 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
             logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
         if batch.keys:
             vecs.append(batch.vectors)
-            for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):
-                f = by_rel[rel]
-                pending.append(NewFile(rel, f.size, f.mtime_ns, digest, w, h))
+            for rel, size, digest, meta in zip(batch.keys, batch.sizes, batch.digests, batch.metas):
+                pending.append(_new_file(by_rel[rel], digest, size, meta))
         done += len(batch.keys) + len(batch.failures)
         if len(pending) >= cfg.commit_every:
             _flush(store, root_id, pending, vecs, summary)

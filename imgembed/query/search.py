@@ -11,10 +11,11 @@ import torch
 
 from imgembed.config import ReaderCfg
 from imgembed.identity import check_identity
-from imgembed.index import faiss_index
-from imgembed.index.format import Row, StoreError
+from imgembed.index import faiss_index, filtered_search
+from imgembed.index.filters import Filters
+from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.reader import decode_query
+from imgembed.ingest.reader import ImageSkipped, decode_query
 from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
 
@@ -33,6 +34,24 @@ class Hit(NamedTuple):
     path: str  # absolute path (undecodable bytes shown as U+FFFD)
     score: float  # cosine similarity
     row: Row
+    meta: Meta | None = None  # capture time, camera, ...; None until the index has read it
+
+    @property
+    def taken(self) -> str | None:
+        """Capture time ``YYYY-MM-DDTHH:MM:SS`` (from EXIF, else the file's modification time)."""
+        return self.meta.taken if self.meta else None
+
+    @property
+    def camera(self) -> str | None:
+        return self.meta.camera if self.meta else None
+
+    def as_dict(self) -> dict:
+        """The hit as JSON-ready values (the CLI's --json, the HTTP API, exports)."""
+        m = self.meta
+        return {"id": self.id, "path": self.path, "score": round(self.score, 6), "width": self.row.width,
+                "height": self.row.height, "size": self.row.size, "taken": m.taken if m else None,
+                "taken_from": m.taken_from if m else None, "camera": m.camera if m else None,
+                "lat": m.lat if m else None, "lon": m.lon if m else None}
 
 
 @dataclass
@@ -81,22 +100,31 @@ class Searcher:
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
                          faiss_index.nprobe_of(self.snapshot.index))
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None) -> list[list[Hit]]:
-        """Top-``k`` hits for each row of ``queries (q, dim)``, best first."""
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
+                       filters: Filters | dict | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries (q, dim)``, best first, among the photos that
+        ``filters`` keep (the k best of those, not the top k filtered afterwards)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.snapshot.manifest["dim"]:
             raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
         if k < 1:
             raise ValueError("k must be at least 1")
+        filters = Filters.of(filters)
         with self.snapshot.read():  # the FAISS ids and the rows they name: one generation
             if self.snapshot.index is None or self.snapshot.count == 0:
                 return [[] for _ in queries]
             extra = len(exclude) if exclude else 0
-            scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
-            rows = self.snapshot.rows(ids[ids >= 0].tolist())
+            if filters:
+                subset = self.snapshot.matching(filters)
+                scores, ids = filtered_search.search(self.snapshot.index, queries, k + extra, subset)
+            else:
+                scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
+            found = ids[ids >= 0].tolist()
+            rows = self.snapshot.rows(found)
+            metas = self.snapshot.meta(found)
         out = []
         for srow, irow in zip(scores, ids):
-            hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)])
+            hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)], metas.get(int(i)))
                     for s, i in zip(srow, irow) if i >= 0 and int(i) in rows and not (exclude and int(i) in exclude)]
             out.append(hits[:k])
         return out
@@ -106,32 +134,47 @@ class Searcher:
         pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg)
         return self.embedder.embed(pixels)
 
-    def search_image_bytes(self, data: bytes, k: int = 10) -> list[Hit]:
-        return self.search_vectors(self.embed_image_bytes(data), k)[0]
+    def embed_images(self, images: list[bytes], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
+        """``(vectors (n_ok, dim), errors)`` for many query images at once: ``errors[i]`` is None when
+        image ``i`` was embedded (its vector is the next row), else why it could not be."""
+        pre = self.embedder.preprocess
+        pixels, errors = [], []
+        for data in images:
+            try:
+                pixels.append(decode_query(data, pre, self.reader_cfg))
+                errors.append(None)
+            except ImageSkipped as e:
+                errors.append(str(e))
+        dim = self.snapshot.manifest["dim"]
+        vecs = [self.embedder.embed(torch.cat(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), errors
 
-    def search_image_file(self, path: str | Path, k: int = 10) -> list[Hit]:
+    def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+        return self.search_vectors(self.embed_image_bytes(data), k, filters=filters)[0]
+
+    def search_image_file(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
         with open(path, "rb") as f:
-            return self.search_image_bytes(f.read(), k)
+            return self.search_image_bytes(f.read(), k, filters)
 
-    def search_id(self, file_id: int, k: int = 10) -> list[Hit]:
+    def search_id(self, file_id: int, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
         """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
         vec = self.snapshot.vectors([file_id]).get(file_id)
         if vec is None:
             raise StoreError(f"no photo with id {file_id} in {self.dir}")
-        return self.search_vectors(vec[None], k, exclude={file_id})[0]
+        return self.search_vectors(vec[None], k, exclude={file_id}, filters=filters)[0]
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.search_vectors(self.embedder.embed_text([text]), k)[0]
+    def search_text(self, text: str, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+        return self.search_vectors(self.embedder.embed_text([text]), k, filters=filters)[0]
 
-    def search(self, query: Query, k: int = 10) -> list[Hit]:
-        """Answer any :class:`Query`. Raises ImageSkipped for a bad image, StoreError for an id that
-        left the index, BackboneError for text without a text encoder."""
+    def search(self, query: Query, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+        """Answer any :class:`Query` among the photos ``filters`` keep. Raises ImageSkipped for a bad
+        image, StoreError for an id that left the index, BackboneError for text without a text encoder."""
         if query.kind == "image":
-            return self.search_image_bytes(query.image, k)
+            return self.search_image_bytes(query.image, k, filters)
         if query.kind == "id":
-            return self.search_id(query.id, k)
+            return self.search_id(query.id, k, filters)
         if query.kind == "text":
-            return self.search_text(query.text, k)
+            return self.search_text(query.text, k, filters)
         raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
 
 
