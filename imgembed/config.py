@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -24,6 +25,12 @@ LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
 def default_index() -> str:
     """``$IMGEMBED_INDEX``, else :data:`DEFAULT_INDEX` (relative to the working folder)."""
     return os.environ.get("IMGEMBED_INDEX") or DEFAULT_INDEX
+
+
+def cache_dir() -> Path:
+    """Where imgembed keeps what it can recompute: ``$IMGEMBED_CACHE_DIR``, else ``~/.cache/imgembed``
+    (backbone features; the per-folder indexes of ``imgembed similar``)."""
+    return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
 
 
 def check_device(name: str) -> str:

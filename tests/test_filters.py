@@ -78,9 +78,9 @@ FILTERS = [
 ]
 
 
-def _brute(x: np.ndarray, ids: np.ndarray, files, q: np.ndarray, filters: Filters, k: int, scorer=None):
+def _brute(x: np.ndarray, ids: np.ndarray, files, q: np.ndarray, filters: Filters, k: int):
     keep = np.array([_keeps(f, filters) for f in files])
-    scores = (scorer if scorer is not None else x)[keep] @ q
+    scores = x[keep] @ q
     order = np.argsort(-scores, kind="stable")[:k]
     return ids[keep][order], scores[order], int(keep.sum())
 
@@ -90,31 +90,35 @@ def test_filtered_search_is_brute_force_over_the_matching_photos(tmp_path, kind)
     x, files = _store(tmp_path / "ix", kind)
     s = Searcher(tmp_path / "ix")
     ids = np.array(sorted(r.id for r in s.snapshot.iter_rows()))
-    scorer = None
-    if kind == "ivfpq":  # compressed codes: the reference scores what the codes hold
-        import faiss
-
-        ivf = faiss.extract_index_ivf(s.snapshot.index)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        scorer = np.stack([s.snapshot.index.reconstruct(int(i)) for i in ids])
     rng = np.random.default_rng(2)
     queries = x[rng.choice(N, 6, replace=False)] + 0.1 * rng.normal(size=(6, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     for filters in FILTERS:
         for q in queries:
-            want, want_scores, matching = _brute(x, ids, files, q, filters, 10, scorer)
+            want, want_scores, matching = _brute(x, ids, files, q, filters, 10)
             hits = s.search_vectors(q, k=10, filters=filters)[0]
             assert len(hits) == min(10, matching), (filters, len(hits), matching)
             assert all(_keeps(files[int(np.searchsorted(ids, h.id))], filters) for h in hits)
-            np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-4, err_msg=str(filters))
-            if kind != "ivfpq":  # exact scores: the very same photos
-                assert [h.id for h in hits] == want.tolist(), filters
+            np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5, err_msg=str(filters))
+            assert [h.id for h in hits] == want.tolist(), filters
+
+
+def test_a_large_subset_of_a_flat_index_is_still_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(filtered_search, "EXACT_BYTES", 0)  # through the FAISS id selector
+    x, files = _store(tmp_path / "ix", "flat")
+    s = Searcher(tmp_path / "ix")
+    ids = np.array(sorted(r.id for r in s.snapshot.iter_rows()))
+    for filters in FILTERS:
+        for q in x[:3]:
+            want, want_scores, matching = _brute(x, ids, files, q, filters, 10)
+            hits = s.search_vectors(q, k=10, filters=filters)[0]
+            assert [h.id for h in hits] == want.tolist(), filters
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_a_large_subset_keeps_the_recall_of_an_unfiltered_search(tmp_path, kind, monkeypatch):
-    """Above EXACT_MAX matching photos the index's own search runs with raised probes (efSearch)."""
-    monkeypatch.setattr(filtered_search, "EXACT_MAX", 100)
+    """Beyond what is searched exactly in memory, the index's own search runs with raised probes (efSearch)."""
+    monkeypatch.setattr(filtered_search, "EXACT_BYTES", 100 * DIM * 4)
     x, files = _store(tmp_path / "ix", kind)
     s = Searcher(tmp_path / "ix")
     ids = np.array(sorted(r.id for r in s.snapshot.iter_rows()))

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from imgembed.index import faiss_index
-from imgembed.index.filtered_search import Subset
+from imgembed.index.filtered_search import Subset, exact_fits
 from imgembed.index.filters import Filters, where
 from imgembed.index.format import (
     DB,
@@ -202,7 +202,11 @@ class Snapshot:
                 join = "LEFT JOIN photo_meta m ON m.file_id = f.id" if self.has_meta else ""
                 cur = self.con.execute(f"SELECT f.id FROM files f {join} WHERE {visible(str(self.generation))} "
                                        f"AND {sql}", params)
-                subset = Subset(np.fromiter((r[0] for r in cur), dtype=np.int64))
+                ids = np.sort(np.fromiter((r[0] for r in cur), dtype=np.int64))
+                if exact_fits(len(ids), self.manifest["dim"]):  # few enough: searched exactly, in memory
+                    subset = Subset(*self.vectors_array(ids))
+                else:
+                    subset = Subset(ids)
                 if len(self._subsets) >= _SUBSETS_KEPT:
                     self._subsets.pop(next(iter(self._subsets)))
                 self._subsets[key] = subset
