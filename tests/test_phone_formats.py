@@ -166,3 +166,19 @@ def test_a_phone_photo_finds_its_jpeg_twin(tmp_path, fmt):
         hits = searcher.search_image_bytes(twin, k=3)
         assert hits[0].path == str(paths[i].resolve()), (i, [h.path for h in hits])
         assert hits[0].score > 0.98
+
+
+def test_a_heic_photo_is_found_by_its_jpeg_twin(tmp_path):
+    """A gallery of HEIC photos (generated here); the JPEG of one of them finds its HEIC first."""
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    jpegs = write_photos(tmp_path / "jpegs", 24)
+    for p in jpegs:
+        (gallery / p.with_suffix(".HEIC").name).write_bytes(phone_bytes(Image.open(p).convert("RGB"), "HEIF"))
+    s = index_folder(gallery, tmp_path / "ix", tiny_cfg())
+    assert (s.indexed, s.skipped) == (24, [])
+    searcher = Searcher(tmp_path / "ix")
+    for i in range(24):
+        hits = searcher.search_image_file(jpegs[i], k=3)
+        assert hits[0].path == str((gallery / jpegs[i].with_suffix(".HEIC").name).resolve()), i
+        assert hits[0].score > 0.98
