@@ -89,6 +89,8 @@ class Index:
             query.save(buf, format="PNG")
             return self.searcher.search_image_bytes(buf.getvalue(), k, filters)
         if isinstance(query, (str, Path)):
+            if os.path.isdir(query):
+                raise ValueError(f"{query} is a folder: pass its images to search_many, or one image")
             if os.path.isfile(query):
                 row = self._unchanged_row(query)
                 if row is not None:  # indexed and unchanged: its stored vector, no model needed
@@ -112,6 +114,17 @@ class Index:
         if text and not self.searcher.embedder.has_text:
             self.text("", 1)  # raises the same error as a single text query
         return batch.answer(self.searcher, list(queries), k, filters, text, exclude_self)
+
+    def similar(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+        """The photos most like the image file at ``path``, itself left out when it is in the index.
+
+        An indexed, unchanged file is searched by its stored vector (no model is loaded); any other
+        file is decoded and embedded.
+        """
+        row = self._unchanged_row(path)
+        if row is not None:
+            return self.searcher.search_id(row.id, k, filters)
+        return next(iter(batch.answer(self.searcher, [str(path)], k, filters, exclude_self=True))).hits_or_raise()
 
     def neighbours(self, photo: Any, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
         """The ``k`` photos nearest to a photo of the index (itself left out): an id, path, Hit or Photo."""

@@ -101,7 +101,10 @@ def _add_filter_args(p: argparse.ArgumentParser) -> None:
 def _filters(a: argparse.Namespace):
     from imgembed.index.filters import Filters
 
-    return Filters(under=a.under, after=a.after, before=a.before, camera=a.camera, min_width=a.min_width,
+    under = a.under
+    if under and not os.path.isabs(under) and os.path.isdir(under):  # a folder seen from here
+        under = os.path.realpath(under)
+    return Filters(under=under, after=a.after, before=a.before, camera=a.camera, min_width=a.min_width,
                    ext=a.ext or ())
 
 
@@ -335,11 +338,8 @@ def cmd_similar(a: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"{summary.lines()[0]} ({ix.path})", file=sys.stderr)
     filters = _filters(a)
-    if a.text is not None:
-        answer = Answer(a.text, ix.text(a.text, a.k, filters))
-    else:
-        answer = next(ix.search_many([a.photo], a.k, filters, exclude_self=True))
-    return _print_answers([answer], a, grouped=False)
+    hits = ix.text(a.text, a.k, filters) if a.text is not None else ix.similar(a.photo, a.k, filters)
+    return _print_answers([Answer(a.text if a.text is not None else a.photo, hits)], a, grouped=False)
 
 
 def cmd_export(a: argparse.Namespace) -> int:

@@ -52,15 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(3):
             s, out, err = timed(cli + ["similar", str(photo), str(folder)], env)
             print(f"{f'second call, unchanged folder (run {n + 1})':48s} {s:6.2f} s   {err.strip().splitlines()[-1][:70]}")
-        shutil.copy(photos[0], folder / "added.jpg")
-        os.utime(folder / "added.jpg")
+        from PIL import Image, ImageOps
+
+        with Image.open(photos[0]) as im:  # new content (a mirrored photo): it has to be embedded
+            ImageOps.mirror(im.convert("RGB")).save(folder / "added.jpg", quality=90)
         s, _, err = timed(cli + ["similar", str(photo), str(folder)], env)
-        print(f"{'after adding one photo':48s} {s:6.2f} s   {err.strip().splitlines()[-1][:70]}")
+        print(f"{'after adding one new photo (loads the model)':48s} {s:6.2f} s   {err.strip().splitlines()[-1][:70]}")
         outside = Path(tmp) / "query.jpg"
         shutil.copy(photos[1], outside)
         s, out, err = timed(cli + ["similar", str(outside), str(folder)], env)
         print(f"{'a query photo from outside (loads the model)':48s} {s:6.2f} s")
-        print("results of the last call:\n" + out.strip())
+        print("results of the last call:\n" + out.rstrip())
     return 0
 
 

@@ -21,7 +21,7 @@ _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d
 class Filters:
     """Conditions on the photos a search may return; None (or empty) leaves one out."""
 
-    under: str | None = None  # a folder: an absolute path, one relative to the working folder, or to a root
+    under: str | None = None  # a folder: an absolute path, or one relative to the indexed roots ("2023/trip")
     after: str | None = None  # capture time on or after: 2023, 2023-06, 2023-06-01, 2023-06-01T14:00
     before: str | None = None  # capture time before (the same forms; --before 2024 keeps 2023 and earlier)
     camera: str | None = None  # a part of the camera's make or model, any case: "iphone", "canon eos"
@@ -96,8 +96,7 @@ def _like(text: str) -> str:
 def _under(under: str, roots: list[tuple[int, bytes]]) -> tuple[str, list]:
     """SQL for "the file lies under this folder" over every indexed root."""
     raw = os.path.expanduser(under)
-    relative = not os.path.isabs(raw) and not os.path.exists(raw)
-    if relative:  # a folder inside the indexed roots, e.g. "2023/trip"
+    if not os.path.isabs(raw):  # a folder inside the indexed roots, e.g. "2023/trip"
         rel = os.fsencode(raw).strip(b"/")
         conds, params = [], []
         for root_id, _ in roots:

@@ -27,6 +27,12 @@ class Answer(NamedTuple):
     hits: list[Hit]  # best first; empty when error is set
     error: str | None = None  # why the query could not be answered
 
+    def hits_or_raise(self) -> list[Hit]:
+        """The hits, or ImageSkipped with the reason the query could not be answered."""
+        if self.error is not None:
+            raise ImageSkipped(self.error)
+        return self.hits
+
 
 def expand(items: Iterable[str], from_list: str | None = None, text: bool = False,
            exclude_folders: bool = False) -> list[str]:
