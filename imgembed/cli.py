@@ -28,10 +28,7 @@ from imgembed.config import (
     check_device,
     default_index,
 )
-from imgembed.index.format import StoreError
-from imgembed.ingest.reader import ImageSkipped
-from imgembed.model.backbones import BackboneError
-from imgembed.model.head import HeadError
+from imgembed.errors import BackboneError, HeadError, ImageSkipped, StoreError
 
 logger = logging.getLogger("imgembed")
 

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -23,10 +23,10 @@ from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
 from imgembed.ingest.metadata import PhotoMeta, with_fallback
 from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
-from imgembed.model.embedder import Embedder
-from imgembed.model.head import head_paths
-from imgembed.model.pipeline import embed_files
 from imgembed.model.source import EmbedderSource
+
+if TYPE_CHECKING:  # the model code (and torch) is imported only when something is embedded
+    from imgembed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,12 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
     summary = IndexSummary(str(root))
     recorded = read_manifest(index_dir) if (Path(index_dir) / MANIFEST).is_file() else None
     source = EmbedderSource(cfg.backbone, cfg.head, index_dir, recorded, embedder)
-    heads = head_paths(cfg.head) if cfg.head else ()
+    if cfg.head:
+        from imgembed.model.head import head_paths
+
+        heads = head_paths(cfg.head)
+    else:
+        heads = ()
     with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
         if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
             source.get()
@@ -184,6 +189,8 @@ def _fill_metadata(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCf
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
            cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> None:
+    from imgembed.model.pipeline import embed_files
+
     by_rel = {f.relpath: f for f in todo}
     items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
     pending: list[NewFile] = []

@@ -186,3 +186,24 @@ def test_similar_by_text_needs_a_clip_backbone(tmp_path, capsys, tiny_clip):
     assert code == 1 and "text encoder" in err
     code, out, _ = run(capsys, "similar", "--text", "a red square", folder, "--backbone", tiny_clip, "-k", "2")
     assert code == 0 and len(out.splitlines()) == 2
+
+
+def test_a_second_similar_call_imports_no_model_code(tmp_path, capsys):
+    """Nothing to embed (the photo is indexed and unchanged): torch is never imported, which is
+    most of the start-up time of a call."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    folder = tmp_path / "trip"
+    paths = write_photos(folder, 5)
+    assert run(capsys, "similar", paths[1], folder, "--backbone", TINY)[0] == 0  # builds the cached index
+    code = ("import sys\nfrom imgembed.cli import main\n"
+            f"rc = main(['similar', {str(paths[1])!r}, {str(folder)!r}, '--backbone', {TINY!r}, '-k', '2'])\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch', rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "no torch 0" and "unchanged 5" in r.stderr

@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pillow_heif
-import torch
 from PIL import Image, ImageCms, ImageOps
 
 from imgembed.config import ReaderCfg
+from imgembed.errors import ImageSkipped
 from imgembed.ingest.metadata import PhotoMeta, photo_meta
 from imgembed.ingest.preprocess import Preprocess
 
@@ -31,13 +31,6 @@ _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BIL
 # photos) is scaled to 8 bits by the plugin.
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 _SRGB = ImageCms.createProfile("sRGB")
-
-
-class ImageSkipped(Exception):
-    """The file is not a usable image. ``str(e)`` is one line: the reason (and the option)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(" ".join(str(reason).split())[:500])  # decoder messages may span lines
 
 
 class Decoded(NamedTuple):
@@ -196,6 +189,8 @@ _MAX_RESIZE_RATIO = 4
 
 def to_tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize the shorter side to ``pre.resize``, centre-crop ``pre.size``: uint8 (3, size, size)."""
+    import torch  # here, not at the top: reading headers and metadata needs no torch
+
     w, h = im.size
     scale = pre.resize / min(w, h)
     nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from imgembed.config import ReaderCfg
 from imgembed.identity import check_identity
@@ -16,8 +15,10 @@ from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import ImageSkipped, decode_query
-from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
+
+if TYPE_CHECKING:  # the model (and torch) is loaded on the first query that needs it
+    from imgembed.model.embedder import Embedder
 
 
 class Query(NamedTuple):
@@ -90,6 +91,8 @@ class Searcher:
     def warm_up(self) -> None:
         """Build the model now (raising here if it does not match the index) and run it once: the
         first call of a model is several times slower than the next."""
+        import torch
+
         pre = self.embedder.preprocess
         self.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))
 
@@ -137,6 +140,8 @@ class Searcher:
     def embed_images(self, images: list[bytes], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         """``(vectors (n_ok, dim), errors)`` for many query images at once: ``errors[i]`` is None when
         image ``i`` was embedded (its vector is the next row), else why it could not be."""
+        import torch
+
         pre = self.embedder.preprocess
         pixels, errors = [], []
         for data in images:

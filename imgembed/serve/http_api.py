@@ -35,9 +35,7 @@ from typing import Any
 from imgembed.api import Index, Photo, open_index
 from imgembed.config import MAX_UPLOAD_MB, ReaderCfg
 from imgembed.index.filters import Filters
-from imgembed.index.format import StoreError
-from imgembed.ingest.reader import ImageSkipped
-from imgembed.model.backbones import BackboneError
+from imgembed.errors import BackboneError, ImageSkipped, StoreError
 from imgembed.model.embedder import use_query_threads
 from imgembed.query.search import Hit
 from imgembed.query.thumbnails import jpeg_bytes, thumbnail
