@@ -76,6 +76,8 @@ def _writing(path: Path):
             "the last published index is unchanged and the work committed so far is kept") from e
 
 
+_INSERT_FILE = ("INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_META = ("INSERT INTO photo_meta(file_id, taken, taken_from, make, model, lat, lon, ext, folder) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -251,14 +253,15 @@ class StoreWriter:
                 self.con.executemany(
                     "INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)",
                     [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)])
+            rows = [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files]
+            if not any(f.taken_from is not None for f in files):  # no metadata yet (build-index): one statement
+                self.con.executemany(_INSERT_FILE, rows)
+                return
             meta = []
-            for f in files:
-                cur = self.con.execute(
-                    "INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen))
+            for f, row in zip(files, rows):  # each file's new id keys its metadata
+                file_id = self.con.execute(_INSERT_FILE, row).lastrowid
                 if f.taken_from is not None:
-                    meta.append(_meta_row(cur.lastrowid, f))
+                    meta.append(_meta_row(file_id, f))
             self.con.executemany(_INSERT_META, meta)
 
     # -- photo metadata of entries recorded before it was (schema version 2), or by build-index
