@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeat for several heads)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--chart", help="with --head: also write the comparison as a PNG chart")
+    p.add_argument("--no-rerank", action="store_true",
+                   help="with --head: leave out the +DBA, +QE and +DBA+QE rows")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train-head", help="train a projection head on the photos of a folder")
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head file to write (HEAD.safetensors, HEAD.json, HEAD.png)")
     p.add_argument("--dim", type=int, default=TrainCfg.dim, help="embedding dimension")
     p.add_argument("--labels", default=TrainCfg.labels, choices=LABEL_MODES,
-                   help="folders: sub-folder names are classes; none: self-supervised")
+                   help="folders: sub-folder names are classes; none: label-free (neighbourhood distillation, "
+                        "kept only if it beats PCA)")
     p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
     p.add_argument("--loss", default=TrainCfg.loss, choices=LOSSES)
     p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
@@ -241,20 +244,20 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from imgembed.learn.evaluate import project, score
+    from imgembed.learn.evaluate import metrics_row, project
     from imgembed.model.embedder import Embedder
 
     if a.head:
         return _eval_compare(a)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
     data = _eval_features(a, embedder)
-    m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
+    m = metrics_row(a.backbone, project(embedder, data.q_feats), project(embedder, data.g_feats), data)
     name = f"{a.backbone} ({embedder.dim}-d)"
-    print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
-    print(f"mAP {100 * m.mAP:.1f}  P@5 {100 * m.precision_at[5]:.1f}  "
-          f"R@1 {100 * m.recall_at[1]:.1f}  R@5 {100 * m.recall_at[5]:.1f}  R@10 {100 * m.recall_at[10]:.1f}")
+    print(f"{name}: {len(data.q_labels)} queries, {len(data.g_labels)} gallery")
+    print(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
+          f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m.as_dict()}, indent=2))
+        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m}, indent=2))
     return 0
 
 
@@ -276,6 +279,7 @@ def _eval_features(a: argparse.Namespace, embedder):
 
 def _eval_compare(a: argparse.Namespace) -> int:
     from imgembed.learn.evaluate import compare, format_table, load_heads
+    from imgembed.learn.head_files import other_collection
     from imgembed.learn.plots import plot_comparison
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
@@ -283,7 +287,15 @@ def _eval_compare(a: argparse.Namespace) -> int:
     backbone = create_backbone(_backbone_cfg(a))
     heads = load_heads(a.head, backbone)
     data = _eval_features(a, Embedder(backbone, device=a.device, compile=a.compile))
-    rows = compare(data, heads)
+    for path in a.head:
+        warning = other_collection(path, data.g_feats)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        rows = compare(data, heads, rerank=not a.no_rerank, progress=lambda d, t: update("rows", d, t))
+    finally:
+        close()
     print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
     print(format_table(rows))
     if a.json:
@@ -297,8 +309,10 @@ def _eval_compare(a: argparse.Namespace) -> int:
 def cmd_train_head(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    import numpy as np
+
     from imgembed.learn.folders import load_training_features
-    from imgembed.learn.head_files import save_trained_head
+    from imgembed.learn.head_files import collection_record, save_trained_head
     from imgembed.learn.train import train_head
     from imgembed.model.embedder import Embedder
 
@@ -319,7 +333,9 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         close()
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
+    # label-free: one closed-form fit, scored against its PCA start (two steps)
+    bar = tqdm(total=cfg.epochs if cfg.labels == "folders" else 1, desc="epochs" if cfg.labels == "folders" else "fit",
+               unit="ep", disable=not show, dynamic_ncols=True)
 
     def on_epoch(rec: dict) -> None:
         bar.update(rec["epoch"] - bar.n)
@@ -329,7 +345,8 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch)
     finally:
         bar.close()
-    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()))
+    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),
+                                     collection=collection_record(a.folder, x if xv is None else np.concatenate([x, xv])))
     print(result.describe(cfg))
     print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0

@@ -98,7 +98,7 @@ class IndexCfg:
 @dataclass
 class TrainCfg:
     dim: int = 128  # output dimension
-    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": self-supervised
+    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": label-free
     loss: str = "supcon"  # one of LOSSES (imgembed.learn.losses)
     hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
@@ -108,9 +108,9 @@ class TrainCfg:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1  # supcon
-    val_fraction: float = 0.1  # held out of the training photos when no validation set is given
-    # Self-supervised: k-means clusterings at sizes base/2, base, 2*base; base 0 = sqrt(N / 4).
-    clusters: int = 0
+    # Held out of the training photos when no validation set is given (supervised: early stopping;
+    # label-free: the keep-or-PCA decision).
+    val_fraction: float = 0.1
     seed: int = 0
 
 
