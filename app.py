@@ -199,6 +199,9 @@ def search_view(searcher: Searcher) -> None:
         k = st.slider("Number of results (k)", 1, 50, 10, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
                               help="cosine similarity; 1.0 is the same photo, 0 shows every result")
+        qe = st.toggle("Query expansion", key="qe",
+                       help="fold the 10 best matches into the query and search again: better at finding the "
+                            "same kind of subject, slower, and scores become similarities to the expanded query")
     left, right = st.columns(2, gap="large")
     with left:
         names = pick_list(str(searcher.dir), searcher.snapshot.generation, searcher)
@@ -227,9 +230,9 @@ def search_view(searcher: Searcher) -> None:
             data = upload.getvalue()
             if len(data) > MAX_UPLOAD_MB * 2**20:
                 raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB upload limit")
-            hits = searcher.search(Query("image", image=data), k)
+            hits = searcher.search(Query("image", image=data), k, qe=qe)
         else:
-            hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k)
+            hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k, qe=qe)
     except ImageSkipped as e:
         st.error(f"**{md(upload.name)}** cannot be used as a query: {md(str(e))}. Try another photo.")
         return

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--qe", action="store_true",
+                   help="query expansion: fold the 10 best hits into the query and search again (scores are then "
+                        "cosines to the expanded query)")
     _add_device_arg(p)
     _add_mmap_arg(p)
 
@@ -216,9 +219,9 @@ def cmd_search(a: argparse.Namespace) -> int:
         if not s.embedder.has_text:
             raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
                              "text search needs an index built with a CLIP backbone (open_clip:...)")
-        hits = s.search_text(a.query, a.k)
+        hits = s.search_text(a.query, a.k, qe=a.qe)
     else:
-        hits = s.search_image_file(a.query, a.k)
+        hits = s.search_image_file(a.query, a.k, qe=a.qe)
     if a.json:
         print(json.dumps([{"path": h.path, "score": round(h.score, 6), "width": h.row.width,
                            "height": h.row.height} for h in hits], indent=2))

@@ -81,8 +81,14 @@ class Searcher:
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
                          faiss_index.nprobe_of(self.snapshot.index))
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None) -> list[list[Hit]]:
-        """Top-``k`` hits for each row of ``queries (q, dim)``, best first."""
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
+                       qe: bool = False) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries (q, dim)``, best first.
+
+        ``qe``: alpha query expansion (:mod:`imgembed.query.rerank`): each query is searched once,
+        its 10 best hits (excluded ids left out) are folded into it, and the expanded query is
+        searched; the scores are then cosines to the expanded query.
+        """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.snapshot.manifest["dim"]:
             raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
@@ -92,6 +98,8 @@ class Searcher:
             if self.snapshot.index is None or self.snapshot.count == 0:
                 return [[] for _ in queries]
             extra = len(exclude) if exclude else 0
+            if qe:
+                queries = self._expand(queries, exclude or set())
             scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
             rows = self.snapshot.rows(ids[ids >= 0].tolist())
         out = []
@@ -101,37 +109,56 @@ class Searcher:
             out.append(hits[:k])
         return out
 
+    def _expand(self, queries: np.ndarray, exclude: set[int]) -> np.ndarray:
+        """alpha-QE of ``queries`` in the pinned generation (its hits' stored vectors)."""
+        from imgembed.query.rerank import QE_K, expand_with
+
+        def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, ids = faiss_index.search(self.snapshot.index, q, k + len(exclude))
+            keep = ~np.isin(ids, list(exclude)) if exclude else np.ones(ids.shape, bool)
+            out_s, out_i = np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
+            for r in range(len(q)):
+                s_r, i_r = sims[r][keep[r]][:k], ids[r][keep[r]][:k]
+                out_s[r, :len(s_r)], out_i[r, :len(i_r)] = s_r, i_r
+            return out_s, out_i
+
+        def vectors_of(ids: np.ndarray) -> np.ndarray:
+            found = self.snapshot.vectors(ids.tolist())
+            return np.stack([found.get(int(i), np.zeros(queries.shape[1], np.float32)) for i in ids])
+
+        return expand_with(queries, search, vectors_of, QE_K)
+
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """``(1, dim)`` query vector for an uploaded image. Raises ImageSkipped for bad input."""
         pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg)
         return self.embedder.embed(pixels)
 
-    def search_image_bytes(self, data: bytes, k: int = 10) -> list[Hit]:
-        return self.search_vectors(self.embed_image_bytes(data), k)[0]
+    def search_image_bytes(self, data: bytes, k: int = 10, qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embed_image_bytes(data), k, qe=qe)[0]
 
-    def search_image_file(self, path: str | Path, k: int = 10) -> list[Hit]:
+    def search_image_file(self, path: str | Path, k: int = 10, qe: bool = False) -> list[Hit]:
         with open(path, "rb") as f:
-            return self.search_image_bytes(f.read(), k)
+            return self.search_image_bytes(f.read(), k, qe)
 
-    def search_id(self, file_id: int, k: int = 10) -> list[Hit]:
+    def search_id(self, file_id: int, k: int = 10, qe: bool = False) -> list[Hit]:
         """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
         vec = self.snapshot.vectors([file_id]).get(file_id)
         if vec is None:
             raise StoreError(f"no photo with id {file_id} in {self.dir}")
-        return self.search_vectors(vec[None], k, exclude={file_id})[0]
+        return self.search_vectors(vec[None], k, exclude={file_id}, qe=qe)[0]
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.search_vectors(self.embedder.embed_text([text]), k)[0]
+    def search_text(self, text: str, k: int = 10, qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embedder.embed_text([text]), k, qe=qe)[0]
 
-    def search(self, query: Query, k: int = 10) -> list[Hit]:
-        """Answer any :class:`Query`. Raises ImageSkipped for a bad image, StoreError for an id that
-        left the index, BackboneError for text without a text encoder."""
+    def search(self, query: Query, k: int = 10, qe: bool = False) -> list[Hit]:
+        """Answer any :class:`Query` (``qe``: with query expansion). Raises ImageSkipped for a bad
+        image, StoreError for an id that left the index, BackboneError for text without a text encoder."""
         if query.kind == "image":
-            return self.search_image_bytes(query.image, k)
+            return self.search_image_bytes(query.image, k, qe)
         if query.kind == "id":
-            return self.search_id(query.id, k)
+            return self.search_id(query.id, k, qe)
         if query.kind == "text":
-            return self.search_text(query.text, k)
+            return self.search_text(query.text, k, qe)
         raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
 
 
