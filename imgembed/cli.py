@@ -12,6 +12,7 @@ from pathlib import Path
 
 from imgembed.config import (
     COMPILE_MODES,
+    DBA_MODES,
     DEFAULT_BACKBONE,
     DEFAULT_INDEX,
     INDEX_TYPES,
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
     _add_index_type_arg(p)
+    p.add_argument("--dba", choices=DBA_MODES, default="",
+                   help="database-side augmentation: store each photo's vector averaged with its 10 nearest "
+                        "neighbours' (better class-level search; sticks until changed; default: as the index has it, "
+                        "off for a new one)")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
@@ -182,7 +187,8 @@ def _tqdm_progress(enabled: bool):
 
 def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
     return IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type, dba=getattr(a, "dba", "")),
+                       head=a.head,
                        commit_every=a.commit_every)
 
 
@@ -241,7 +247,7 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(f"index      {info.path}\nimages     {info.count}\ndim        {info.dim}\n"
               f"backbone   {info.backbone}\nhead       {info.head or 'none'}\n"
               f"index type {info.index_type or 'empty'}"
-              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nmetric     {info.metric}\n"
+              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nDBA        {info.dba}\nmetric     {info.metric}\n"
               f"generation {info.generation}\non disk    {info.disk_bytes / 2**20:.1f} MiB")
     return 0
 
@@ -260,6 +266,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     print(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
           f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
     if a.json:
+        m.update(n_queries=len(data.q_labels), n_gallery=len(data.g_labels))
         Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m}, indent=2))
     return 0
 

@@ -19,6 +19,7 @@ POOLS = ("gem", "avg")  # CNN backbones (imgembed.model.backbones)
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")  # imgembed.index.faiss_index; "auto" chooses one
 LABEL_MODES = ("folders", "none")  # imgembed.learn.train
 LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
+DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
 
 
 def default_index() -> str:
@@ -93,6 +94,9 @@ class IndexCfg:
     # this (against exact search); 0 keeps the probes above.
     target_recall: float = 0.95
     pq_m: int = 0  # 0 = choose from the dimension (dim / 4 sub-quantisers of 8 bits)
+    # Database-side augmentation (DBA_MODES): "on" stores each photo's vector averaged with its 10
+    # nearest neighbours' (imgembed.index.dba). "" keeps what the index has (off for a new index).
+    dba: str = ""
 
 
 @dataclass

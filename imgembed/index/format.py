@@ -59,6 +59,13 @@ MIGRATIONS = [
     INSERT INTO meta VALUES ('generation', '0');
     INSERT INTO meta VALUES ('index_type', '');
     """,
+    # Database-side augmentation (imgembed.index.dba): the vector each content had before it was
+    # averaged with its neighbours, and the cosine of the last of them; meta 'dba' is '1' while
+    # the vectors table holds augmented vectors.
+    """
+    CREATE TABLE plain (hash TEXT PRIMARY KEY, vec BLOB NOT NULL, kth REAL NOT NULL);
+    INSERT OR IGNORE INTO meta VALUES ('dba', '');
+    """,
 ]
 
 

@@ -47,6 +47,7 @@ class IndexInfo:
     disk_bytes: int
     metric: str
     nprobe: int | None = None  # IVF lists probed per query (calibrated when the lists were trained)
+    dba: str = "off"  # database-side augmentation of the stored vectors (imgembed.index.dba)
 
 
 class Searcher:
@@ -79,7 +80,7 @@ class Searcher:
         m = self.snapshot.manifest
         return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
-                         faiss_index.nprobe_of(self.snapshot.index))
+                         faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
                        qe: bool = False) -> list[list[Hit]]:
