@@ -319,8 +319,6 @@ def _eval_compare(a: argparse.Namespace) -> int:
 def cmd_train_head(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    import numpy as np
-
     from imgembed.learn.folders import load_training_features
     from imgembed.learn.head_files import collection_record, save_trained_head
     from imgembed.learn.train import train_head
@@ -356,7 +354,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     finally:
         bar.close()
     weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),
-                                     collection=collection_record(a.folder, x if xv is None else np.concatenate([x, xv])))
+                                     collection=collection_record(a.folder, x))
     print(result.describe(cfg))
     print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0

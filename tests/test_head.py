@@ -88,7 +88,8 @@ def test_supervised_training_beats_its_pca_start_and_is_deterministic():
 def test_label_free_head_beats_pca_or_is_pca():
     x, _ = clustered(n_per=40, seed=2)
     r = train_head(x, None, TrainCfg(dim=8, labels="none"))
-    assert r.n_val == 16 and r.n_train == 144 and r.val_metric == "held-out neighbourhood consistency"
+    assert r.n_val == 16 and r.n_train == 160 and r.extra["judged_on"] == 144  # refit on all 160
+    assert r.val_metric == "held-out neighbourhood consistency"
     pca_score, score = r.history[0]["val"], r.history[1]["val"]
     assert r.best_epoch == int(score > pca_score + 0.005) and r.extra["kept"] == bool(r.best_epoch)
     again = train_head(x, None, TrainCfg(dim=8, labels="none"))
@@ -155,7 +156,7 @@ def test_train_head_and_eval_comparison_cli(photos, tmp_path, capsys):
         assert row["mAP_lo"] <= row["mAP"] <= row["mAP_hi"]
     assert "head supervised (h)" in printed and "95% interval" in printed and chart.stat().st_size > 0
     info = json.loads(Path(str(out) + "-ssl.json").read_text())
-    assert info["method"] == "label-free" and info["collection"]["count"] == 24  # folder + --val
+    assert info["method"] == "label-free" and info["collection"]["count"] == 12  # the folder, not --val
     assert info["collection"]["path"] == str(photos.resolve())
     assert main(["eval", "--gallery", str(photos), "--queries", str(photos), "--head", str(out),
                  "--workers", "0", "--backbone", TINY]) == 1
@@ -205,3 +206,21 @@ def test_train_head_on_the_sample_photos(tmp_path, capsys):
                  "--json", str(table), "--no-progress"]) == 0
     rows = {r["method"]: r for r in json.loads(table.read_text())["rows"]}
     assert rows["head supervised (h)"]["mAP"] > rows["raw"]["mAP"]
+
+
+def test_a_head_from_another_collection_warns_once(photos, tmp_path, capsys):
+    args = ["--backbone", f"{TINY}:24", "--workers", "0", "--no-progress"]
+    out = tmp_path / "h"
+    assert main(["train-head", str(photos), "--out", str(out), "--dim", "8", "--labels", "none", *args]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--gallery", str(photos), "--queries", str(photos), "--head", str(out), "--no-rerank",
+                 *args]) == 0
+    assert "another collection" not in capsys.readouterr().err  # its own photos: no warning
+    other = tmp_path / "other"
+    for p in sorted(photos.rglob("*.jpg"))[:8]:
+        (other / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (other / p.parent.name / p.name).write_bytes(p.read_bytes())
+    assert main(["eval", "--gallery", str(other), "--queries", str(other), "--head", str(out), "--no-rerank",
+                 *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count("was trained on another collection") == 1 and "not these 8 photos" in err

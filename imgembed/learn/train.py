@@ -56,7 +56,7 @@ class TrainResult:
                        f"it did not beat its PCA start ({s['val_metric']} {end:.4f} against {start:.4f}), "
                        "so the head is the PCA projection")
             return (f"fitted a {cfg.dim}-d label-free head (neighbourhood distillation) on {s['n_train']} photos "
-                    f"({s['n_val']} held out) in {self.seconds:.1f} s; {verdict}")
+                    f"in {self.seconds:.1f} s, judged on {s['n_val']} held-out photos; {verdict}")
         kind = "supervised"
         return (f"trained a {cfg.dim}-d {kind} head on {s['n_train']} photos ({s['n_val']} for validation) in "
                 f"{self.seconds:.1f} s: kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
@@ -172,8 +172,10 @@ def _label_free(d: _Data, cfg: TrainCfg, ident: dict, t0: float,
     history = [{"epoch": 0, "loss": None, "val": pca}, {"epoch": 1, "loss": None, "val": score}]
     for rec in history if progress else ():
         progress(rec)
+    n_fit = len(d.refit) if d.refit is not None else len(d.x)
     return TrainResult(head, history, int(kept), "held-out neighbourhood consistency", time.perf_counter() - t0,
-                       len(d.x), len(d.xv), {"method": "neighbourhood distillation", "kept": bool(kept)})
+                       n_fit, len(d.xv), {"method": "neighbourhood distillation", "kept": bool(kept),
+                                          "judged_on": len(d.x)})
 
 
 def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
