@@ -78,3 +78,19 @@ def updates(con: sqlite3.Connection, published: int, gen: int, dim: int) -> dict
         rows = np.union1d(old[hit], new_rows)
     vecs, kths = augment_rows(base, rows, _search(base))
     return {hashes[r]: (v, float(t)) for r, v, t in zip(rows.tolist(), vecs, kths)}
+
+
+def prepare(con: sqlite3.Connection, tx, on: bool, published: int, gen: int,
+            dim: int) -> tuple[dict[str, tuple[np.ndarray, float]], bool]:
+    """The vector changes of the generation ``gen`` being published, and whether DBA was just turned
+    off (then every vector goes back to its plain one and the FAISS index is rebuilt). ``tx()`` is
+    the writer's transaction."""
+    if on:
+        if read_meta(con, "dba") != "1":  # turned on: the stored vectors are the plain ones
+            with tx():
+                con.execute("INSERT OR IGNORE INTO plain(hash, vec, kth) SELECT hash, vec, ? FROM vectors", (NO_KTH,))
+        return updates(con, published, gen, dim), False
+    if read_meta(con, "dba") == "1":
+        rows = con.execute("SELECT hash, vec FROM plain").fetchall()
+        return {h: (np.frombuffer(v, dtype=np.float32), NO_KTH) for h, v in rows}, True
+    return {}, False

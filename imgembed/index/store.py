@@ -351,21 +351,6 @@ class StoreWriter:
 
     _overlay: dict[str, bytes] = {}  # hash -> the vector this publish gives it (DBA), until committed
 
-    def _prepare_dba(self) -> tuple[dict[str, tuple[np.ndarray, float]], bool]:
-        """The vector changes DBA makes in this generation, and whether DBA was just turned off
-        (then every vector goes back to its plain one and the FAISS index is rebuilt)."""
-        if self.dba_on:
-            with _writing(self.dir / DB):
-                if read_meta(self.con, "dba") != "1":  # turned on: the stored vectors are the plain ones
-                    with self._tx():
-                        self.con.execute("INSERT OR IGNORE INTO plain(hash, vec, kth) SELECT hash, vec, ? FROM vectors",
-                                         (NO_KTH,))
-            return dba.updates(self.con, self.published, self.gen, self.dim), False
-        if read_meta(self.con, "dba") == "1":
-            rows = self.con.execute("SELECT hash, vec FROM plain").fetchall()
-            return {h: (np.frombuffer(v, dtype=np.float32), NO_KTH) for h, v in rows}, True
-        return {}, False
-
     def count(self, gen: int) -> int:
         return self.con.execute(f"SELECT count(*) FROM files WHERE {visible()}", (gen, gen)).fetchone()[0]
 
@@ -375,7 +360,8 @@ class StoreWriter:
         ``rebuild`` builds the FAISS index afresh from the vectors in SQLite (verify --repair).
         """
         removed, added = self._pending()
-        changes, dba_off = self._prepare_dba()
+        with _writing(self.dir / DB):
+            changes, dba_off = dba.prepare(self.con, self._tx, self.dba_on, self.published, self.gen, self.dim)
         self._overlay = {h: np.ascontiguousarray(v, np.float32).tobytes() for h, (v, _) in changes.items()}
         try:
             return self._publish(rebuild or dba_off, removed, added, changes, dba_off)
