@@ -244,6 +244,9 @@ def search_view(searcher: Searcher, filters: Filters) -> None:
         k = st.slider("Number of results (k)", 1, 50, 10, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
                               help="cosine similarity; 1.0 is the same photo, 0 shows every result")
+        qe = st.toggle("Query expansion", key="qe",
+                       help="fold the 10 best matches into the query and search again: better at finding the "
+                            "same kind of subject, slower, and scores become similarities to the expanded query")
     left, right = st.columns(2, gap="large")
     with left:
         names = pick_list(str(searcher.dir), searcher.snapshot.generation, searcher)
@@ -272,10 +275,10 @@ def search_view(searcher: Searcher, filters: Filters) -> None:
             data = upload.getvalue()
             if len(data) > MAX_UPLOAD_MB * 2**20:
                 raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB upload limit")
-            hits = searcher.search(Query("image", image=data), k, filters)
+            hits = searcher.search(Query("image", image=data), k, filters, qe=qe)
         else:
             hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k,
-                                   filters)
+                                   filters, qe=qe)
     except ValueError as e:  # a filter the index cannot apply
         st.error(md(str(e)))
         return
@@ -368,7 +371,8 @@ def collection_view(searcher: Searcher) -> None:
     cols[3].metric("Index type", info.index_type or "empty")
     cols[4].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
     cols[5].metric("Generation", info.generation)
-    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · metric {info.metric} · "
+    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · "
+               f"database-side augmentation {info.dba} · metric {info.metric} · "
                f"index folder {md(info.path)}")
     st.subheader("Map of the collection")
     data, n = map_jpeg(str(searcher.dir), searcher.snapshot.generation, searcher)

@@ -70,52 +70,53 @@ class Index:
 
     # -- queries
 
-    def search(self, query: Any, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def search(self, query: Any, k: int = 10, filters: Filters | dict | None = None, qe: bool = False) -> list[Hit]:
         """The ``k`` photos most similar to ``query``, best first, among those ``filters`` keep.
 
         ``query``: a path of an image file (str or Path), image bytes, a PIL image, a photo of the
         index (its id, or a Hit or Photo), or a text (a str that is not an existing file; needs a
-        CLIP backbone). Raises ImageSkipped for an unusable image, ValueError for bad filters or a
+        CLIP backbone). ``qe``: alpha query expansion (imgembed.query.rerank). Raises ImageSkipped for an unusable image, ValueError for bad filters or a
         text on an image-only backbone.
         """
         if isinstance(query, (Hit, Photo)):
             query = query.id
         if isinstance(query, int) and not isinstance(query, bool):
-            return self.searcher.search_vectors(self._stored(query)[None], k, filters=filters)[0]
+            return self.searcher.search_vectors(self._stored(query)[None], k, filters=filters, qe=qe)[0]
         if isinstance(query, (bytes, bytearray)):
-            return self.searcher.search_image_bytes(bytes(query), k, filters)
+            return self.searcher.search_image_bytes(bytes(query), k, filters, qe)
         if hasattr(query, "save") and hasattr(query, "size"):  # a PIL image: through the reader's guards too
             buf = io.BytesIO()
             query.save(buf, format="PNG")
-            return self.searcher.search_image_bytes(buf.getvalue(), k, filters)
+            return self.searcher.search_image_bytes(buf.getvalue(), k, filters, qe)
         if isinstance(query, (str, Path)):
             if os.path.isdir(query):
                 raise ValueError(f"{query} is a folder: pass its images to search_many, or one image")
             if os.path.isfile(query):
                 row = self._unchanged_row(query)
                 if row is not None:  # indexed and unchanged: its stored vector, no model needed
-                    return self.searcher.search_vectors(self._stored(row.id)[None], k, filters=filters)[0]
-                return self.searcher.search_image_file(query, k, filters)
+                    return self.searcher.search_vectors(self._stored(row.id)[None], k, filters=filters, qe=qe)[0]
+                return self.searcher.search_image_file(query, k, filters, qe)
             if isinstance(query, Path) or os.path.splitext(query)[1].lower() in IMAGE_FORMATS:
                 raise FileNotFoundError(f"no such image file: {query}")
-            return self.text(str(query), k, filters)
+            return self.text(str(query), k, filters, qe)
         raise ValueError(f"cannot search for a {type(query).__name__}; pass a path, bytes, a PIL image, an id or a text")
 
-    def text(self, text: str, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def text(self, text: str, k: int = 10, filters: Filters | dict | None = None, qe: bool = False) -> list[Hit]:
         """Photos matching a description (CLIP backbones only)."""
         if not self.searcher.embedder.has_text:
             raise ValueError(f"backbone {self.searcher.snapshot.manifest['backbone']} has no text encoder; "
                              "text search needs an index built with a CLIP backbone (open_clip:...)")
-        return self.searcher.search_text(text, k, filters)
+        return self.searcher.search_text(text, k, filters, qe)
 
     def search_many(self, queries: Iterable[str], k: int = 10, filters: Filters | dict | None = None,
-                    text: bool = False, exclude_self: bool = False) -> Iterator[batch.Answer]:
+                    text: bool = False, exclude_self: bool = False, qe: bool = False) -> Iterator[batch.Answer]:
         """Answers to many image paths (or texts), embedded and searched a batch at a time."""
         if text and not self.searcher.embedder.has_text:
             self.text("", 1)  # raises the same error as a single text query
-        return batch.answer(self.searcher, list(queries), k, filters, text, exclude_self)
+        return batch.answer(self.searcher, list(queries), k, filters, text, exclude_self, qe)
 
-    def similar(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def similar(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None,
+                qe: bool = False) -> list[Hit]:
         """The photos most like the image file at ``path``, itself left out when it is in the index.
 
         An indexed, unchanged file is searched by its stored vector (no model is loaded); any other
@@ -123,12 +124,13 @@ class Index:
         """
         row = self._unchanged_row(path)
         if row is not None:
-            return self.searcher.search_id(row.id, k, filters)
-        return next(iter(batch.answer(self.searcher, [str(path)], k, filters, exclude_self=True))).hits_or_raise()
+            return self.searcher.search_id(row.id, k, filters, qe)
+        return next(iter(batch.answer(self.searcher, [str(path)], k, filters, exclude_self=True, qe=qe))).hits_or_raise()
 
-    def neighbours(self, photo: Any, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def neighbours(self, photo: Any, k: int = 10, filters: Filters | dict | None = None,
+                   qe: bool = False) -> list[Hit]:
         """The ``k`` photos nearest to a photo of the index (itself left out): an id, path, Hit or Photo."""
-        return self.searcher.search_id(self.photo(photo).id, k, filters)
+        return self.searcher.search_id(self.photo(photo).id, k, filters, qe)
 
     def duplicates(self, threshold: float = 0.95, k: int = 8) -> list[Group]:
         """Groups of photos at least ``threshold`` similar (cosine), most similar first."""

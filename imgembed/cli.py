@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgembed.config import (
     COMPILE_MODES,
+    DBA_MODES,
     DEFAULT_BACKBONE,
     DEFAULT_INDEX,
     INDEX_TYPES,
@@ -80,6 +81,12 @@ def _add_mmap_arg(p: argparse.ArgumentParser) -> None:
                    help="memory-map the vector index instead of reading it into memory (large indexes)")
 
 
+def _add_qe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qe", action="store_true",
+                   help="query expansion: fold the 10 best hits into the query and search again (scores are then "
+                        "cosines to the expanded query)")
+
+
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--csv", metavar="FILE", help="also write the results to FILE as CSV")
@@ -124,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
     _add_index_type_arg(p)
+    p.add_argument("--dba", choices=DBA_MODES, default="",
+                   help="database-side augmentation: store each photo's vector averaged with its 10 nearest "
+                        "neighbours' (better class-level search; sticks until changed; default: as the index has it, "
+                        "off for a new one)")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
@@ -136,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="number of results per query")
     p.add_argument("--text", action="store_true", help="each QUERY is a text (CLIP backbones)")
     p.add_argument("--from-list", metavar="FILE", help="also every query in FILE, one per line (- reads stdin)")
+    _add_qe_arg(p)
     _add_output_args(p)
     _add_filter_args(p)
     _add_device_arg(p)
@@ -148,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="TEXT", help="describe the photo instead (needs a CLIP --backbone)")
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="efficientnet-lite0 (default), open_clip:ARCH:WEIGHTS")
+    _add_qe_arg(p)
     _add_output_args(p)
     _add_filter_args(p)
     _add_device_arg(p)
@@ -180,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeat for several heads)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--chart", help="with --head: also write the comparison as a PNG chart")
+    p.add_argument("--no-rerank", action="store_true",
+                   help="with --head: leave out the +DBA, +QE and +DBA+QE rows")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train-head", help="train a projection head on the photos of a folder")
@@ -187,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head file to write (HEAD.safetensors, HEAD.json, HEAD.png)")
     p.add_argument("--dim", type=int, default=TrainCfg.dim, help="embedding dimension")
     p.add_argument("--labels", default=TrainCfg.labels, choices=LABEL_MODES,
-                   help="folders: sub-folder names are classes; none: self-supervised")
+                   help="folders: sub-folder names are classes; none: label-free (neighbourhood distillation, "
+                        "kept only if it beats PCA)")
     p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
     p.add_argument("--loss", default=TrainCfg.loss, choices=LOSSES)
     p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
@@ -227,7 +243,8 @@ def _tqdm_progress(enabled: bool):
 
 def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
     return IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type, dba=getattr(a, "dba", "")),
+                       head=a.head,
                        commit_every=a.commit_every)
 
 
@@ -272,10 +289,10 @@ def cmd_search(a: argparse.Namespace) -> int:
         from imgembed.query.batch import Answer
 
         q = queries[0]
-        hits = ix.text(q, a.k, filters) if a.text else ix.search(Path(q), a.k, filters)
+        hits = ix.text(q, a.k, filters, qe=a.qe) if a.text else ix.search(Path(q), a.k, filters, qe=a.qe)
         answers = [Answer(q, hits)]
     else:
-        answers = list(ix.search_many(queries, a.k, filters, text=a.text))
+        answers = list(ix.search_many(queries, a.k, filters, text=a.text, qe=a.qe))
     return _print_answers(answers, a, grouped)
 
 
@@ -335,7 +352,8 @@ def cmd_similar(a: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"{summary.lines()[0]} ({ix.path})", file=sys.stderr)
     filters = _filters(a)
-    hits = ix.text(a.text, a.k, filters) if a.text is not None else ix.similar(a.photo, a.k, filters)
+    hits = (ix.text(a.text, a.k, filters, qe=a.qe) if a.text is not None
+            else ix.similar(a.photo, a.k, filters, qe=a.qe))
     return _print_answers([Answer(a.text if a.text is not None else a.photo, hits)], a, grouped=False)
 
 
@@ -378,26 +396,27 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(f"index      {info.path}\nimages     {info.count}\ndim        {info.dim}\n"
               f"backbone   {info.backbone}\nhead       {info.head or 'none'}\n"
               f"index type {info.index_type or 'empty'}"
-              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nmetric     {info.metric}\n"
+              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nDBA        {info.dba}\nmetric     {info.metric}\n"
               f"generation {info.generation}\non disk    {info.disk_bytes / 2**20:.1f} MiB")
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from imgembed.learn.evaluate import project, score
+    from imgembed.learn.evaluate import metrics_row, project
     from imgembed.model.embedder import Embedder
 
     if a.head:
         return _eval_compare(a)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
     data = _eval_features(a, embedder)
-    m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
+    m = metrics_row(a.backbone, project(embedder, data.q_feats), project(embedder, data.g_feats), data)
     name = f"{a.backbone} ({embedder.dim}-d)"
-    print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
-    print(f"mAP {100 * m.mAP:.1f}  P@5 {100 * m.precision_at[5]:.1f}  "
-          f"R@1 {100 * m.recall_at[1]:.1f}  R@5 {100 * m.recall_at[5]:.1f}  R@10 {100 * m.recall_at[10]:.1f}")
+    print(f"{name}: {len(data.q_labels)} queries, {len(data.g_labels)} gallery")
+    print(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
+          f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m.as_dict()}, indent=2))
+        m.update(n_queries=len(data.q_labels), n_gallery=len(data.g_labels))
+        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m}, indent=2))
     return 0
 
 
@@ -419,6 +438,7 @@ def _eval_features(a: argparse.Namespace, embedder):
 
 def _eval_compare(a: argparse.Namespace) -> int:
     from imgembed.learn.evaluate import compare, format_table, load_heads
+    from imgembed.learn.head_files import other_collection
     from imgembed.learn.plots import plot_comparison
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
@@ -426,7 +446,15 @@ def _eval_compare(a: argparse.Namespace) -> int:
     backbone = create_backbone(_backbone_cfg(a))
     heads = load_heads(a.head, backbone)
     data = _eval_features(a, Embedder(backbone, device=a.device, compile=a.compile))
-    rows = compare(data, heads)
+    for path in a.head:
+        warning = other_collection(path, data.g_feats)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        rows = compare(data, heads, rerank=not a.no_rerank, progress=lambda d, t: update("rows", d, t))
+    finally:
+        close()
     print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
     print(format_table(rows))
     if a.json:
@@ -441,7 +469,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgembed.learn.folders import load_training_features
-    from imgembed.learn.head_files import save_trained_head
+    from imgembed.learn.head_files import collection_record, save_trained_head
     from imgembed.learn.train import train_head
     from imgembed.model.embedder import Embedder
 
@@ -462,7 +490,9 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         close()
     for path, reason in failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
+    # label-free: one closed-form fit, scored against its PCA start (two steps)
+    bar = tqdm(total=cfg.epochs if cfg.labels == "folders" else 1, desc="epochs" if cfg.labels == "folders" else "fit",
+               unit="ep", disable=not show, dynamic_ncols=True)
 
     def on_epoch(rec: dict) -> None:
         bar.update(rec["epoch"] - bar.n)
@@ -472,7 +502,8 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch)
     finally:
         bar.close()
-    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()))
+    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),
+                                     collection=collection_record(a.folder, x))
     print(result.describe(cfg))
     print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0

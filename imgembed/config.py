@@ -20,6 +20,7 @@ POOLS = ("gem", "avg")  # CNN backbones (imgembed.model.backbones)
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")  # imgembed.index.faiss_index; "auto" chooses one
 LABEL_MODES = ("folders", "none")  # imgembed.learn.train
 LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
+DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
 
 
 def default_index() -> str:
@@ -116,12 +117,15 @@ class IndexCfg:
     # this (against exact search); 0 keeps the probes above.
     target_recall: float = 0.95
     pq_m: int = 0  # 0 = choose from the dimension (dim / 4 sub-quantisers of 8 bits)
+    # Database-side augmentation (DBA_MODES): "on" stores each photo's vector averaged with its 10
+    # nearest neighbours' (imgembed.index.dba). "" keeps what the index has (off for a new index).
+    dba: str = ""
 
 
 @dataclass
 class TrainCfg:
     dim: int = 128  # output dimension
-    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": self-supervised
+    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": label-free
     loss: str = "supcon"  # one of LOSSES (imgembed.learn.losses)
     hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
@@ -131,9 +135,9 @@ class TrainCfg:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1  # supcon
-    val_fraction: float = 0.1  # held out of the training photos when no validation set is given
-    # Self-supervised: k-means clusterings at sizes base/2, base, 2*base; base 0 = sqrt(N / 4).
-    clusters: int = 0
+    # Held out of the training photos when no validation set is given (supervised: early stopping;
+    # label-free: the keep-or-PCA decision).
+    val_fraction: float = 0.1
     seed: int = 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from imgembed.config import INDEX_TYPES, IndexCfg
 from imgembed.index import filtered_search
 from imgembed.index.filters import Filters, bound
-from imgembed.index.format import NewFile, StoreError
+from imgembed.index.format import META_VERSION, NewFile, StoreError
 from imgembed.index.store import StoreWriter
 from imgembed.query.search import Searcher
 
@@ -208,10 +208,34 @@ def test_a_filter_on_metadata_of_an_index_without_it_says_what_to_do(tmp_path):
 
     _store(tmp_path / "ix", "flat", n=20)
     con = sqlite3.connect(tmp_path / "ix" / "meta.sqlite")
-    con.executescript("DROP TABLE photo_meta; PRAGMA user_version=1;")
+    con.executescript(f"DROP TABLE photo_meta; PRAGMA user_version={META_VERSION - 1};")
     con.close()
     s = Searcher(tmp_path / "ix")
     q = s.snapshot.vectors([1])[1]
     assert len(s.search_vectors(q, k=5, filters=Filters(min_width=0))[0]) == 5  # no metadata needed
     with pytest.raises(StoreError, match="run imgembed index FOLDER"):
         s.search_vectors(q, k=5, filters=Filters(camera="canon"))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_query_expansion_keeps_to_the_filter(tmp_path, kind):
+    """Both searches of query expansion (the first, whose hits are folded in, and the expanded
+    one) keep to the matching photos."""
+    from imgembed.query.rerank import QE_K, expand_with
+
+    x, files = _store(tmp_path / "ix", kind)
+    s = Searcher(tmp_path / "ix")
+    ids = np.array(sorted(r.id for r in s.snapshot.iter_rows()))
+    for filters in FILTERS[:-1]:  # (the last keeps no photo)
+        keep = np.array([_keeps(f, filters) for f in files])
+        sub_x, sub_ids = x[keep], ids[keep]
+
+        def brute(q, k):  # the reference: brute force over the matching photos only
+            order = np.argsort(-(q @ sub_x.T), axis=1)[:, :k]
+            return np.take_along_axis(q @ sub_x.T, order, axis=1), sub_ids[order]
+
+        for q in x[:3]:
+            expanded = expand_with(q[None], brute, lambda i: x[np.searchsorted(ids, i)], QE_K)
+            want = brute(expanded, 10)[1][0]
+            hits = s.search_vectors(q, k=10, filters=filters, qe=True)[0]
+            assert [h.id for h in hits] == want.tolist(), filters

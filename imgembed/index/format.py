@@ -59,7 +59,14 @@ MIGRATIONS = [
     INSERT INTO meta VALUES ('generation', '0');
     INSERT INTO meta VALUES ('index_type', '');
     """,
-    # 2: photo metadata. Rows of an index made before this have none; the next index run reads it
+    # Database-side augmentation (imgembed.index.dba): the vector each content had before it was
+    # averaged with its neighbours, and the cosine of the last of them; meta 'dba' is '1' while
+    # the vectors table holds augmented vectors.
+    """
+    CREATE TABLE plain (hash TEXT PRIMARY KEY, vec BLOB NOT NULL, kth REAL NOT NULL);
+    INSERT OR IGNORE INTO meta VALUES ('dba', '');
+    """,
+    # 3: photo metadata. Rows of an index made before this have none; the next index run reads it
     # from the files (headers only: nothing is decoded or embedded again).
     """
     CREATE TABLE photo_meta (
@@ -77,7 +84,7 @@ MIGRATIONS = [
     """,
 ]
 # The first schema version that records photo metadata.
-META_VERSION = 2
+META_VERSION = 3
 
 
 class Row(NamedTuple):

@@ -23,9 +23,10 @@ import faiss
 import numpy as np
 
 from imgembed.atomic import atomic_write_json, replace_synced
-from imgembed.config import IndexCfg, from_dict
+from imgembed.config import DBA_MODES, IndexCfg, check_choice, from_dict
 from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.index import faiss_index
+from imgembed.index import dba, faiss_index
+from imgembed.index.augment import NO_KTH
 from imgembed.index.format import (
     DB,
     FORMAT_VERSION,
@@ -47,7 +48,16 @@ from imgembed.index.format import (
 logger = logging.getLogger(__name__)
 
 # Stored vectors that no live entry uses any more.
-_PURGE_ORPHANS = "DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
+_PURGE_ORPHANS = ("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)",
+                  "DELETE FROM plain WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
+
+
+def _purge_orphans(con: sqlite3.Connection) -> int:
+    """Delete the stored vectors (and plain vectors) that no live entry uses; how many vectors."""
+    vectors, plain = _PURGE_ORPHANS
+    n = con.execute(vectors).rowcount
+    con.execute(plain)
+    return n
 
 
 @dataclass
@@ -121,10 +131,17 @@ class StoreWriter:
             if not exists:
                 self.manifest = self._create(identity, index_cfg, list(head_files))
             self.index_cfg = from_dict(IndexCfg, self.manifest.get("index_cfg", {}))
+            explicit = {}  # an explicit choice sticks
             if index_cfg.index_type != "auto" and index_cfg.index_type != self.index_cfg.index_type:
-                self.index_cfg.index_type = index_cfg.index_type  # an explicit choice sticks
+                explicit["index_type"] = index_cfg.index_type
+            if index_cfg.dba and index_cfg.dba != self.index_cfg.dba:
+                explicit["dba"] = check_choice("DBA mode", index_cfg.dba, DBA_MODES)
+            if explicit:
+                for key, value in explicit.items():
+                    setattr(self.index_cfg, key, value)
                 self.manifest["index_cfg"] = asdict(self.index_cfg)
                 self._write_manifest(self.manifest)
+            self.dba_on = self.index_cfg.dba == "on"
             self.dim = int(self.manifest["dim"])
         except BaseException:
             self.close()
@@ -164,7 +181,7 @@ class StoreWriter:
             "format_version": FORMAT_VERSION,
             "created_at": time.time(),
             "metric": "cosine",
-            "index_cfg": asdict(index_cfg),
+            "index_cfg": {**asdict(index_cfg), "dba": check_choice("DBA mode", index_cfg.dba or "off", DBA_MODES)},
             "head": "head.safetensors" if head_files else None,
             **{k: identity[k] for k in IDENTITY_KEYS},
         }
@@ -250,9 +267,11 @@ class StoreWriter:
             if vectors is not None:
                 if vectors.shape != (len(files), self.dim):
                     raise ValueError(f"expected vectors of shape {(len(files), self.dim)}, got {vectors.shape}")
-                self.con.executemany(
-                    "INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)",
-                    [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)])
+                rows = [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)]
+                self.con.executemany("INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)", rows)
+                if self.dba_on:  # augmented at publish (imgembed.index.dba)
+                    self.con.executemany("INSERT OR IGNORE INTO plain(hash, vec, kth) VALUES (?, ?, ?)",
+                                         [(h, v, NO_KTH) for h, v in rows])
             rows = [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files]
             if not any(f.taken_from is not None for f in files):  # no metadata yet (build-index): one statement
                 self.con.executemany(_INSERT_FILE, rows)
@@ -264,7 +283,7 @@ class StoreWriter:
                     meta.append(_meta_row(file_id, f))
             self.con.executemany(_INSERT_META, meta)
 
-    # -- photo metadata of entries recorded before it was (schema version 2), or by build-index
+    # -- photo metadata of entries recorded before it was (schema version 3), or by build-index
 
     def missing_meta(self, root_id: int) -> list[tuple[int, bytes, int]]:
         """``(id, relpath, mtime_ns)`` of the live entries of a root that have no metadata yet."""
@@ -309,7 +328,7 @@ class StoreWriter:
     def purge_orphans(self) -> int:
         """Delete stored vectors that no live entry uses; how many."""
         with self._tx():
-            return self.con.execute(_PURGE_ORPHANS).rowcount
+            return _purge_orphans(self.con)
 
     def _tx(self):
         con = self.con
@@ -341,18 +360,21 @@ class StoreWriter:
 
     def vectors_for(self, ids: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(ids), chunk):
-            rows = list(select_in(self.con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
+            rows = list(select_in(self.con, "SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash "
                                             "WHERE f.id IN ({marks})", (int(x) for x in ids[i:i + chunk])))
             yield self._unpack(rows)
 
     def _unpack(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of ``(id, vec, hash)`` rows; a vector this publish replaces comes from it."""
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        new = self._overlay
+        vecs = np.frombuffer(b"".join(new[r[2]] if r[2] in new else r[1] for r in rows),
+                             dtype=np.float32).reshape(len(rows), self.dim)
         return ids, vecs
 
     def _all_vectors(self, gen: int, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         cur = self.con.execute(
-            f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} ORDER BY f.id",
+            f"SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} ORDER BY f.id",
             (gen, gen))
         while rows := cur.fetchmany(chunk):
             yield self._unpack(rows)
@@ -360,9 +382,11 @@ class StoreWriter:
     def _sample(self, gen: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` of ``n`` random visible entries, in random order."""
         rows = self.con.execute(
-            f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} "
+            f"SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} "
             "ORDER BY random() LIMIT ?", (gen, gen, n)).fetchall()
         return self._unpack(rows)
+
+    _overlay: dict[str, bytes] = {}  # hash -> the vector this publish gives it (DBA), until committed
 
     def count(self, gen: int) -> int:
         return self.con.execute(f"SELECT count(*) FROM files WHERE {visible()}", (gen, gen)).fetchone()[0]
@@ -373,13 +397,27 @@ class StoreWriter:
         ``rebuild`` builds the FAISS index afresh from the vectors in SQLite (verify --repair).
         """
         removed, added = self._pending()
+        with _writing(self.dir / DB):
+            changes, dba_off = dba.prepare(self.con, self._tx, self.dba_on, self.published, self.gen, self.dim)
+        self._overlay = {h: np.ascontiguousarray(v, np.float32).tobytes() for h, (v, _) in changes.items()}
+        try:
+            return self._publish(rebuild or dba_off, removed, added, changes, dba_off)
+        finally:
+            self._overlay = {}
+
+    def _publish(self, rebuild: bool, removed: np.ndarray, added: np.ndarray,
+                 changes: dict[str, tuple[np.ndarray, float]], dba_off: bool) -> PublishStats:
+        # entries whose vector DBA changed are replaced in the FAISS index like removed + added ones
+        moved = np.array([r[0] for r in select_in(
+            self.con, f"SELECT id FROM files WHERE hash IN ({{marks}}) AND added_gen < {self.gen} "
+            "AND removed_gen IS NULL", changes)], dtype=np.int64) if changes else np.zeros(0, np.int64)
         total = self.count(self.gen)
         kind = faiss_index.choose_type(self.index_cfg, total, self.dim)
         old_path = self.dir / faiss_name(self.published)
         old_kind = read_meta(self.con, "index_type")
         rebuild = (rebuild or not old_path.exists() or kind != old_kind
-                   or (len(removed) and not faiss_index.supports_remove(kind)))
-        if not rebuild and not len(removed) and not len(added):
+                   or ((len(removed) or len(moved)) and not faiss_index.supports_remove(kind)))
+        if not rebuild and not len(removed) and not len(added) and not changes:
             return PublishStats(self.published, kind, 0, 0, total, False)
         if not rebuild:
             try:
@@ -395,8 +433,8 @@ class StoreWriter:
                 q = faiss_index.CALIBRATION_QUERIES  # the sample is in random order
                 calibration = faiss_index.calibrate(index, sample_ids[:q], train[:q], self.index_cfg.target_recall)
         else:
-            faiss_index.remove(index, removed)
-            for ids, vecs in self.vectors_for(added):
+            faiss_index.remove(index, np.concatenate([removed, moved]))
+            for ids, vecs in self.vectors_for(np.concatenate([added, moved])):
                 faiss_index.add(index, ids, vecs)
         if index.ntotal != total:
             raise StoreError(f"internal error: index holds {index.ntotal} vectors, metadata {total}; "
@@ -406,9 +444,16 @@ class StoreWriter:
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
+            if changes:
+                self.con.executemany("UPDATE vectors SET vec=? WHERE hash=?",
+                                     [(self._overlay[h], h) for h in changes])
+                self.con.executemany("UPDATE plain SET kth=? WHERE hash=?", [(t, h) for h, (_, t) in changes.items()])
+            if dba_off:
+                self.con.execute("DELETE FROM plain")
+            self.con.execute("UPDATE meta SET value=? WHERE key='dba'", ("1" if self.dba_on else "",))
             if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
                 # Also entries added and dropped within this generation (by an interrupted run).
-                self.con.execute(_PURGE_ORPHANS)
+                _purge_orphans(self.con)
         old_path.unlink(missing_ok=True)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild), calibration)
         self.published, self.gen = self.gen, self.gen + 1

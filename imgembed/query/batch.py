@@ -59,17 +59,18 @@ def expand(items: Iterable[str], from_list: str | None = None, text: bool = Fals
 
 
 def answer(searcher: Searcher, queries: list[str], k: int = 10, filters: Filters | dict | None = None,
-           text: bool = False, exclude_self: bool = False) -> Iterator[Answer]:
+           text: bool = False, exclude_self: bool = False, qe: bool = False) -> Iterator[Answer]:
     """Answers to ``queries`` (image paths, or texts with ``text``) in order, a batch at a time.
 
-    ``exclude_self``: leave a query image out of its own results when it is in the index.
+    ``exclude_self``: leave a query image out of its own results when it is in the index; ``qe``:
+    alpha query expansion.
     """
     filters = Filters.of(filters)
     for start in range(0, len(queries), BATCH):
         chunk = queries[start:start + BATCH]
         if text:
             vectors = searcher.embedder.embed_text(chunk)
-            for q, hits in zip(chunk, searcher.search_vectors(vectors, k, filters=filters)):
+            for q, hits in zip(chunk, searcher.search_vectors(vectors, k, filters=filters, qe=qe)):
                 yield Answer(q, hits)
             continue
         datas, errors = [], {}
@@ -88,10 +89,10 @@ def answer(searcher: Searcher, queries: list[str], k: int = 10, filters: Filters
             else:
                 errors[i] = reason
         if exclude_self:  # each query leaves out its own entry
-            found = [searcher.search_vectors(v[None], k, exclude=_self_ids(searcher, chunk[i]), filters=filters)[0]
+            found = [searcher.search_vectors(v[None], k, exclude=_self_ids(searcher, chunk[i]), filters=filters, qe=qe)[0]
                      for i, v in zip(embedded, vectors)]
         else:  # one search for the batch
-            found = searcher.search_vectors(vectors, k, filters=filters) if embedded else []
+            found = searcher.search_vectors(vectors, k, filters=filters, qe=qe) if embedded else []
         results = dict(zip(embedded, found))
         for i, q in enumerate(chunk):
             yield Answer(q, [], errors[i]) if i in errors else Answer(q, results[i])

@@ -67,6 +67,7 @@ class IndexInfo:
     disk_bytes: int
     metric: str
     nprobe: int | None = None  # IVF lists probed per query (calibrated when the lists were trained)
+    dba: str = "off"  # database-side augmentation of the stored vectors (imgembed.index.dba)
 
 
 class Searcher:
@@ -101,12 +102,18 @@ class Searcher:
         m = self.snapshot.manifest
         return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
-                         faiss_index.nprobe_of(self.snapshot.index))
+                         faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
-                       filters: Filters | dict | None = None) -> list[list[Hit]]:
+                       filters: Filters | dict | None = None, qe: bool = False) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries (q, dim)``, best first, among the photos that
-        ``filters`` keep (the k best of those, not the top k filtered afterwards)."""
+        ``filters`` keep (the k best of those, not the top k filtered afterwards).
+
+        ``qe``: alpha query expansion (:mod:`imgembed.query.rerank`): each query is searched once,
+        its 10 best hits (excluded ids left out) are folded into it, and the expanded query is
+        searched; the scores are then cosines to the expanded query. With filters, both searches
+        keep to the matching photos.
+        """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.snapshot.manifest["dim"]:
             raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
@@ -119,9 +126,15 @@ class Searcher:
             extra = len(exclude) if exclude else 0
             if filters:
                 subset = self.snapshot.matching(filters)
-                scores, ids = filtered_search.search(self.snapshot.index, queries, k + extra, subset)
+
+                def base(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                    return filtered_search.search(self.snapshot.index, q, kk, subset)
             else:
-                scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
+                def base(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                    return faiss_index.search(self.snapshot.index, q, kk)
+            if qe:
+                queries = self._expand(queries, exclude or set(), base)
+            scores, ids = base(queries, k + extra)
             found = ids[ids >= 0].tolist()
             rows = self.snapshot.rows(found)
             metas = self.snapshot.meta(found)
@@ -131,6 +144,26 @@ class Searcher:
                     for s, i in zip(srow, irow) if i >= 0 and int(i) in rows and not (exclude and int(i) in exclude)]
             out.append(hits[:k])
         return out
+
+    def _expand(self, queries: np.ndarray, exclude: set[int], base) -> np.ndarray:
+        """alpha-QE of ``queries`` in the pinned generation (its hits' stored vectors); ``base(q, k)``
+        is the search to expand from (the filtered one when filters are given)."""
+        from imgembed.query.rerank import QE_K, expand_with
+
+        def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims, ids = base(q, k + len(exclude))
+            keep = ~np.isin(ids, list(exclude)) if exclude else np.ones(ids.shape, bool)
+            out_s, out_i = np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
+            for r in range(len(q)):
+                s_r, i_r = sims[r][keep[r]][:k], ids[r][keep[r]][:k]
+                out_s[r, :len(s_r)], out_i[r, :len(i_r)] = s_r, i_r
+            return out_s, out_i
+
+        def vectors_of(ids: np.ndarray) -> np.ndarray:
+            found = self.snapshot.vectors(ids.tolist())
+            return np.stack([found.get(int(i), np.zeros(queries.shape[1], np.float32)) for i in ids])
+
+        return expand_with(queries, search, vectors_of, QE_K)
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """``(1, dim)`` query vector for an uploaded image. Raises ImageSkipped for bad input."""
@@ -154,32 +187,38 @@ class Searcher:
         vecs = [self.embedder.embed(torch.cat(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
         return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), errors
 
-    def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
-        return self.search_vectors(self.embed_image_bytes(data), k, filters=filters)[0]
+    def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None,
+                           qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embed_image_bytes(data), k, filters=filters, qe=qe)[0]
 
-    def search_image_file(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def search_image_file(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None,
+                          qe: bool = False) -> list[Hit]:
         with open(path, "rb") as f:
-            return self.search_image_bytes(f.read(), k, filters)
+            return self.search_image_bytes(f.read(), k, filters, qe)
 
-    def search_id(self, file_id: int, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
+    def search_id(self, file_id: int, k: int = 10, filters: Filters | dict | None = None,
+                  qe: bool = False) -> list[Hit]:
         """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
         vec = self.snapshot.vectors([file_id]).get(file_id)
         if vec is None:
             raise StoreError(f"no photo with id {file_id} in {self.dir}")
-        return self.search_vectors(vec[None], k, exclude={file_id}, filters=filters)[0]
+        return self.search_vectors(vec[None], k, exclude={file_id}, filters=filters, qe=qe)[0]
 
-    def search_text(self, text: str, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
-        return self.search_vectors(self.embedder.embed_text([text]), k, filters=filters)[0]
+    def search_text(self, text: str, k: int = 10, filters: Filters | dict | None = None,
+                    qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embedder.embed_text([text]), k, filters=filters, qe=qe)[0]
 
-    def search(self, query: Query, k: int = 10, filters: Filters | dict | None = None) -> list[Hit]:
-        """Answer any :class:`Query` among the photos ``filters`` keep. Raises ImageSkipped for a bad
-        image, StoreError for an id that left the index, BackboneError for text without a text encoder."""
+    def search(self, query: Query, k: int = 10, filters: Filters | dict | None = None,
+               qe: bool = False) -> list[Hit]:
+        """Answer any :class:`Query` among the photos ``filters`` keep (``qe``: with query expansion).
+        Raises ImageSkipped for a bad image, StoreError for an id that left the index, BackboneError
+        for text without a text encoder."""
         if query.kind == "image":
-            return self.search_image_bytes(query.image, k, filters)
+            return self.search_image_bytes(query.image, k, filters, qe)
         if query.kind == "id":
-            return self.search_id(query.id, k, filters)
+            return self.search_id(query.id, k, filters, qe)
         if query.kind == "text":
-            return self.search_text(query.text, k, filters)
+            return self.search_text(query.text, k, filters, qe)
         raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
 
 
