@@ -26,6 +26,7 @@ from imgembed.model.embedder import Embedder
 from imgembed.model.head import head_paths
 from imgembed.model.pipeline import embed_files
 from imgembed.model.source import EmbedderSource
+from imgembed.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class IndexSummary:
     unchanged: int = 0
     removed: int = 0  # deleted or changed files whose old entry was dropped
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     total: int = 0  # entries in the index after the run
@@ -56,6 +58,7 @@ class IndexSummary:
         out = [
             f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
             f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
+            *([self.unread] if self.unread else []),
             f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
             + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
         ]
@@ -88,6 +91,7 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
+        summary.unread = scan.unread_line()
         todo = _drop_changed(store, root_id, scan.files, summary)
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
@@ -155,7 +159,7 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     for batch in embed_files(items, embedder, cfg.reader, cfg.embed):
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))
-            logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
+            logger.info("skipped %s: %s", printable(fs.display(rel)), printable(reason))  # the summary lists every skip once
         if batch.keys:
             vecs.append(batch.vectors)
             for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):

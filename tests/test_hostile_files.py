@@ -95,15 +95,15 @@ def test_large_images_are_reduced_before_any_conversion(monkeypatch, mode):
 
     monkeypatch.setattr(pixels, "to_rgb", record)
     if mode == "F":
-        im = Image.new("F", (2000, 1600), 0.5)
+        im = Image.new("F", (1200, 1000), 0.5)
     elif mode == "I;16":
-        im = Image.fromarray(np.full((1600, 2000), 40000, np.uint16))
+        im = Image.fromarray(np.full((1000, 1200), 40000, np.uint16))
     else:
-        im = make_photo(3, size=(2000, 1600)).convert(mode)
-    data = encode(im, "TIFF" if mode == "F" else "PNG")
+        im = make_photo(3, size=(1200, 1000)).convert(mode)
+    data = encode(im, "TIFF" if mode == "F" else "PNG", **({"compress_level": 1} if mode != "F" else {}))
     out = reader.decode_query(data, PRE, ReaderCfg())
     assert out.shape == (1, 3, 32, 32)
-    assert seen and max(seen[0]) < 2000 / 4 and min(seen[0]) >= pixels.REDUCING_GAP * PRE.resize
+    assert seen and max(seen[0]) <= 1200 / 10 and min(seen[0]) >= pixels.REDUCING_GAP * PRE.resize
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6])

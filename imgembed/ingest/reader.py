@@ -65,6 +65,8 @@ def _open_regular(path: str | bytes):
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageSkipped("a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise ImageSkipped("not a regular file")
         os.set_blocking(fd, True)
@@ -87,7 +89,9 @@ def hash_file(path: str | bytes, cfg: ReaderCfg) -> str:
     return h.hexdigest()
 
 
-def read_bytes(path: str | bytes, cfg: ReaderCfg) -> bytes:
+def read_bytes(path: str | bytes, cfg: ReaderCfg, limit: str = " (--max-bytes)") -> bytes:
+    """The bytes of a regular file, refused before reading when above ``cfg.max_bytes``; never blocks
+    on a pipe or reads a device. ``limit``: how the size message ends. Raises ImageSkipped."""
     try:
         f, size = _open_regular(path)
         with f:
@@ -95,7 +99,7 @@ def read_bytes(path: str | bytes, cfg: ReaderCfg) -> bytes:
                 raise ImageSkipped("empty file (0 bytes)")
             if size > cfg.max_bytes:
                 raise ImageSkipped(
-                    f"file is {size / 2**20:.0f} MiB, above the {cfg.max_bytes / 2**20:.0f} MiB limit (--max-bytes)")
+                    f"file is {size / 2**20:.0f} MiB, above the {cfg.max_bytes / 2**20:.0f} MiB limit{limit}")
             return f.read(cfg.max_bytes + 1)  # bounded even if the file grows meanwhile
     except OSError as e:
         raise ImageSkipped(f"cannot read: {e.strerror or e}") from e
