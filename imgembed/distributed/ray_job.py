@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from imgembed.atomic import atomic_write_bytes
 from imgembed.config import IndexJobCfg
 from imgembed.distributed import shards
 from imgembed.distributed.stages import EmbedActor, decode_batch
@@ -153,7 +154,7 @@ def _plan(root: Path, out: Path, cfg: IndexJobCfg, ray_cfg: RayCfg, embedder: Em
         logger.warning("skipped %s: %s", printable(fs.display(p)), printable(why))
     if cfg.head:
         for src in head_paths(cfg.head):
-            (out / ("head" + src.suffix)).write_bytes(src.read_bytes())
+            atomic_write_bytes(out / ("head" + src.suffix), src.read_bytes())  # never through a link
     shards.write_listing(out, scan.files)
     manifest = shards.new_manifest(root, embedder.identity(), ray_cfg.shard_size, len(scan.files),
                                    bool(cfg.head), {"job": asdict(cfg), "ray": asdict(ray_cfg)})
