@@ -119,3 +119,44 @@ def icc_profile(primaries, description: str = "imgembed test RGB", gamma: float 
 
 # sRGB's primaries adapted to D50 (what ICC profiles store): red, green, blue.
 SRGB_PRIMARIES = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def declared_png(w: int, h: int) -> bytes:
+    """A PNG header declaring ``w x h`` grey pixels, with almost no pixel data: a bomb's shape."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+
+
+# A PostScript file: what Pillow's EPS plugin would hand to Ghostscript.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/Helvetica findfont 10 scalefont setfont\nshowpage\n"
+
+
+def lying_jpeg(w: int, h: int, progressive: bool = False) -> bytes:
+    """A smooth 200 x 260 photo whose frame header claims ``w`` x ``h``."""
+    import struct
+
+    data = bytearray(encode(make_photo(6, size=(200, 260)), "JPEG", quality=85, progressive=progressive))
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    assert struct.unpack(">HH", data[sof + 5:sof + 9]) == (260, 200)
+    data[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+    return bytes(data)
+
+
+def xmp_png(zip_text: bool = True) -> bytes:
+    """A small photo as PNG with 3.2 MB of XMP metadata (above Pillow's 1 MB per text chunk)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>" + "history " * 400_000 + "</x:xmpmeta>", zip=zip_text)
+    return encode(make_photo(4, size=(64, 48)), "PNG", pnginfo=info)

@@ -278,8 +278,7 @@ def test_mismatched_index_is_explained(photos, tmp_path, monkeypatch):
 def test_hostile_uploads_and_names(tmp_path, monkeypatch):
     """A PostScript file named .jpg reaches no other Pillow plugin, a query image declaring 64 MP is
     refused (the upload limit is 50 MP), and a name with control characters is shown escaped."""
-    from test_bad_input import declared_png
-    from test_hostile_files import EPS
+    from helpers import EPS, declared_png
 
     folder = tmp_path / "photos"
     write_photos(folder, 5)

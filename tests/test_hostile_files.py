@@ -4,13 +4,22 @@ bounded, colour and range are read right, and files that lie about themselves ar
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import time
 
 import numpy as np
 import pytest
-from helpers import ASSETS, SRGB_PRIMARIES, encode, icc_profile, make_photo
+from helpers import (
+    ASSETS,
+    EPS,
+    SRGB_PRIMARIES,
+    declared_png,
+    encode,
+    icc_profile,
+    lying_jpeg,
+    make_photo,
+    xmp_png,
+)
 from PIL import Image, PngImagePlugin
 
 from imgembed.config import IMAGE_FORMATS, QUERY_MAX_PIXELS, ReaderCfg, query_reader_cfg
@@ -19,14 +28,7 @@ from imgembed.ingest.preprocess import Preprocess
 from imgembed.query.thumbnails import thumbnail
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/Helvetica findfont 10 scalefont setfont\nshowpage\n"
 SWAPPED = icc_profile((SRGB_PRIMARIES[2], SRGB_PRIMARIES[1], SRGB_PRIMARIES[0]), "red and blue swapped")
-
-
-def _png_header(w: int, h: int) -> bytes:
-    from test_bad_input import declared_png
-
-    return declared_png(w, h)
 
 
 # ---------------------------------------------------------------- 2: only the accepted plugins run
@@ -158,7 +160,7 @@ def test_large_decodes_run_one_at_a_time(monkeypatch):
 
 
 def test_query_images_have_a_lower_pixel_limit_than_indexing():
-    data = _png_header(8000, 8000)  # 64 MP declared
+    data = declared_png(8000, 8000)  # 64 MP declared
     assert QUERY_MAX_PIXELS < ReaderCfg().max_pixels
     with pytest.raises(reader.ImageSkipped, match="above the 50 MP limit .for a query image; shrink it first"):
         reader.decode_query(data, PRE, query_reader_cfg())
@@ -234,29 +236,18 @@ def test_a_broken_colour_profile_leaves_the_pixels_as_stored():
 
 @pytest.mark.parametrize("chunk", ["iTXt", "iTXt compressed", "zTXt"])
 def test_a_png_with_a_large_metadata_chunk_is_decoded(chunk):
-    info = PngImagePlugin.PngInfo()
-    xmp = "<x:xmpmeta>" + "history " * 400_000 + "</x:xmpmeta>"  # 3.2 MB, above Pillow's 1 MB per chunk
     if chunk == "zTXt":
-        info.add_text("Comment", xmp, zip=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "history " * 400_000, zip=True)  # 3.2 MB, above Pillow's 1 MB per chunk
+        data = encode(make_photo(4, size=(64, 48)), "PNG", pnginfo=info)
     else:
-        info.add_itxt("XML:com.adobe.xmp", xmp, zip=chunk.endswith("compressed"))
-    data = encode(make_photo(4, size=(64, 48)), "PNG", pnginfo=info)
+        data = xmp_png(zip_text=chunk.endswith("compressed"))
     assert reader.decode_query(data, PRE, ReaderCfg()).shape == (1, 3, 32, 32)
-
-
-def _lying_jpeg(w: int, h: int, progressive: bool = False) -> bytes:
-    """A smooth 200 x 260 photo whose frame header claims ``w`` x ``h``."""
-    data = bytearray(encode(make_photo(6, size=(200, 260)).resize((200, 260)), "JPEG", quality=85,
-                            progressive=progressive))
-    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
-    assert struct.unpack(">HH", data[sof + 5:sof + 9]) == (260, 200)
-    data[sof + 5:sof + 9] = struct.pack(">HH", h, w)
-    return bytes(data)
 
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_a_jpeg_declaring_more_pixels_than_its_data_holds_is_skipped(tmp_path, progressive):
-    data = _lying_jpeg(4000, 3000, progressive)
+    data = lying_jpeg(4000, 3000, progressive)
     with pytest.raises(reader.ImageSkipped, match=r"declares 4000x3000 but its \d+ bytes cannot hold"):
         reader.decode_query(data, PRE, ReaderCfg())
     path = tmp_path / "liar.jpg"
