@@ -241,10 +241,11 @@ def _compare_sample(con, index, name: str, dim: int, ids: np.ndarray, kind: str,
     rows = dict(index_format.select_in(con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash = f.hash "
                                             "WHERE f.id IN ({marks}) AND length(v.vec) = " + str(4 * dim),
                                        (int(i) for i in sample)))
-    have = [i for i in sample.tolist() if i in rows]
+    stored = {i: np.frombuffer(rows[i], dtype=np.float32) for i in sample.tolist() if i in rows}
+    have = [i for i, v in stored.items() if np.isfinite(v).all()]  # non-finite ones: reported already
     if not have:
         return
-    stored = np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in have])  # (n, dim)
+    stored = np.stack([stored[i] for i in have])  # (n, dim)
     try:
         held = faiss_index.reconstruct(index, np.array(have, dtype=np.int64))  # (n, dim)
     except (RuntimeError, ValueError) as e:
