@@ -185,7 +185,7 @@ def test_ctrl_c_during_start_up_is_one_line(ix, monkeypatch, capsys):
 def test_a_full_disk_in_train_head_is_one_line(tmp_path, monkeypatch, capsys):
     from imgembed.model import head
 
-    write_photos(tmp_path / "train", 12, classes=True)
+    write_photos(tmp_path / "train", 9, classes=True)
 
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -193,7 +193,7 @@ def test_a_full_disk_in_train_head_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("imgembed.atomic.atomic_write_bytes", full)
     out = tmp_path / "h"
     rc = cli.main(["train-head", str(tmp_path / "train"), "--out", str(out), "--backbone", TINY, "--dim", "4",
-                   "--epochs", "2", "--workers", "0", "--no-progress"])
+                   "--epochs", "1", "--workers", "0", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == (f"error: cannot write the head {head.head_paths(out)[0]}: No space left "

@@ -101,7 +101,7 @@ def test_large_images_are_reduced_before_any_conversion(monkeypatch, mode):
     elif mode == "I;16":
         im = Image.fromarray(np.full((1000, 1200), 40000, np.uint16))
     else:
-        im = make_photo(3, size=(1200, 1000)).convert(mode)
+        im = make_photo(3, size=(120, 100)).resize((1200, 1000)).convert(mode)
     data = encode(im, "TIFF" if mode == "F" else "PNG", **({"compress_level": 1} if mode != "F" else {}))
     out = reader.decode_query(data, PRE, ReaderCfg())
     assert out.shape == (1, 3, 32, 32)
