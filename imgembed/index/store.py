@@ -25,7 +25,7 @@ import numpy as np
 from imgembed.atomic import atomic_write_bytes, create_new, fsync_dir
 from imgembed.config import IndexCfg, from_dict
 from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.index import faiss_index
+from imgembed.index import faiss_index, roots, scratch
 from imgembed.index.format import (
     DB,
     FORMAT_VERSION,
@@ -82,10 +82,6 @@ def _writing(path: Path):
             "the last published index is unchanged and the work committed so far is kept") from e
 
 
-def _has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
-
-
 # ---------------------------------------------------------------- writer
 
 
@@ -116,11 +112,11 @@ class StoreWriter:
                 # between the two never leaves a manifest without metadata.
                 self.con = connect(self.dir)
                 existing = self.con.execute("PRAGMA user_version").fetchone()[0] > 0
-                had_scratch = _has_table(self.con, "scratch")
+                had_scratch = scratch.has_table(self.con, "scratch")
                 migrate(self.con)
                 self.published = int(read_meta(self.con, "generation"))
-                if existing and not had_scratch:
-                    self._adopt_leftovers()
+                if existing and not had_scratch:  # an index from before the scratch table
+                    scratch.adopt_leftovers(self.con, self._tx, self.dir, faiss_name(self.published))
                 self.gen = self.published + 1  # the generation this writer is preparing
                 self._cleanup()
             if not exists:
@@ -193,33 +189,15 @@ class StoreWriter:
         self._forget(tmp)
 
     def _record(self, *names: str) -> None:
-        """List files in ``scratch`` before creating them: the next writer deletes them if left."""
-        with self._tx():
-            self.con.executemany("INSERT OR IGNORE INTO scratch(name) VALUES (?)", [(n,) for n in names])
+        scratch.record(self.con, self._tx, *names)
 
     def _forget(self, *names: str) -> None:
-        with self._tx():
-            self.con.executemany("DELETE FROM scratch WHERE name=?", [(n,) for n in names])
-
-    def _adopt_leftovers(self) -> None:
-        """An index from before ``scratch``: its writers left what they always deleted at the next
-        start (FAISS files of other generations, temporary files); record those once."""
-        keep = faiss_name(self.published)
-        self._record(*(p.name for p in self.dir.iterdir() if p.name != keep and p.is_file()
-                       and not p.is_symlink() and (p.name.startswith("vectors.") and p.name.endswith(".faiss")
-                                                   or p.name.startswith(".") and p.name.endswith(".tmp"))))
+        scratch.forget(self.con, self._tx, *names)
 
     def _cleanup(self) -> None:
         """Delete what interrupted earlier writers left (the files listed in ``scratch``, and nothing
         else), and forget rows that every reader has moved past. Committed vectors stay."""
-        keep = faiss_name(self.published)
-        for (name,) in self.con.execute("SELECT name FROM scratch").fetchall():
-            if name != keep and "/" not in name:
-                try:
-                    os.unlink(self.dir / name)
-                except FileNotFoundError:
-                    pass
-        self.con.execute("DELETE FROM scratch WHERE name != ?", (keep,))
+        scratch.cleanup(self.con, self.dir, faiss_name(self.published))
         # Rows removed in generations every reader has moved past can go for good.
         self.con.execute("DELETE FROM files WHERE removed_gen IS NOT NULL AND removed_gen <= ?",
                          (self.published,))
@@ -245,60 +223,18 @@ class StoreWriter:
         """The id of an indexed folder (added when new). Raises StoreError for a folder inside one
         that the index already holds: its photos would be listed twice."""
         path = os.fsencode(os.path.abspath(root))
-        real = os.path.realpath(path)
-        for _, other in self._live_roots():
-            outer = os.path.realpath(other)
-            if real != outer and real.startswith(outer.rstrip(b"/") + b"/"):
-                raise StoreError(
-                    f"{os.fsdecode(path)} is inside {os.fsdecode(other)}, which this index already holds; "
-                    f"index {os.fsdecode(other)} instead (it takes in every change below it), or use another --index")
+        roots.check_not_inside(self.con, path)
         with _writing(self.dir / DB):
             self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
         return self.con.execute("SELECT id FROM roots WHERE path=?", (path,)).fetchone()[0]
 
-    def _live_roots(self) -> list[tuple[int, bytes]]:
-        return self.con.execute("SELECT r.id, r.path FROM roots r WHERE EXISTS (SELECT 1 FROM files f "
-                                "WHERE f.root_id = r.id AND f.removed_gen IS NULL)").fetchall()
-
     def take_in_roots_below(self, root_id: int) -> list[tuple[bytes, int]]:
-        """Move the entries of indexed folders inside this root under it (each photo keeps its entry
-        and vector: its absolute path is the same). ``[(folder, entries)]`` for each one taken in."""
-        root = self.con.execute("SELECT path FROM roots WHERE id=?", (root_id,)).fetchone()[0]
-        real = os.path.realpath(root)
-        out = []
-        for other_id, other in self._live_roots():
-            inner = os.path.realpath(other)
-            if other_id == root_id or not (inner == real or inner.startswith(real.rstrip(b"/") + b"/")):
-                continue
-            prefix = inner[len(real):].strip(b"/")
-            taken = set(self.live_files(root_id))
-            moves, dups = [], []
-            for i, rel in self.con.execute(
-                    "SELECT id, relpath FROM files WHERE root_id=? AND removed_gen IS NULL", (other_id,)).fetchall():
-                new = prefix + b"/" + rel if prefix else rel
-                (dups if new in taken else moves).append((new, i))
-            with self._tx():
-                self.con.executemany("UPDATE files SET root_id=?, relpath=? WHERE id=?",
-                                     [(root_id, new, i) for new, i in moves])
-                self.con.executemany("UPDATE files SET removed_gen=? WHERE id=?", [(self.gen, i) for _, i in dups])
-            out.append((other, len(moves) + len(dups)))
-        return out
+        """Entries of indexed folders inside this root move under it: ``[(folder, entries)]``."""
+        return roots.take_in_below(self.con, self._tx, root_id, self.gen)
 
     def drop_moved(self, root_id: int) -> list[tuple[bytes, int]]:
-        """Drop the entries of vanished folders whose content is now under ``root_id`` (the same photos
-        indexed again under a new path). ``[(vanished folder, entries dropped)]``."""
-        out = []
-        for other_id, other in self._live_roots():
-            if other_id == root_id or os.path.isdir(other):
-                continue
-            with self._tx():
-                n = self.con.execute(
-                    "UPDATE files SET removed_gen=? WHERE root_id=? AND removed_gen IS NULL AND hash IN "
-                    "(SELECT hash FROM files WHERE root_id=? AND removed_gen IS NULL)",
-                    (self.gen, other_id, root_id)).rowcount
-            if n:
-                out.append((other, n))
-        return out
+        """Entries of vanished folders whose photos are now under this root go: ``[(folder, entries)]``."""
+        return roots.drop_moved(self.con, self._tx, root_id, self.gen)
 
     def live_files(self, root_id: int) -> dict[bytes, LiveFile]:
         """``relpath -> LiveFile`` of the files not removed (published or pending)."""
