@@ -13,7 +13,16 @@ import time
 
 import streamlit as st
 
-from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, default_index
+from imgembed.config import (
+    DEFAULT_BACKBONE,
+    IMAGE_FORMATS,
+    BackboneCfg,
+    EmbedCfg,
+    IndexJobCfg,
+    ReaderCfg,
+    default_index,
+    query_reader_cfg,
+)
 from imgembed.index.format import Row, StoreError
 from imgembed.indexer import index_folder
 from imgembed.ingest.reader import ImageSkipped, open_image
@@ -24,9 +33,10 @@ from imgembed.query.collection import collection_map, neighbour_graph_of
 from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggested_keeper
 from imgembed.query.search import Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
+from imgembed.text import printable
 
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_FORMATS]  # the reader opens only these formats
 GRID_COLS = 5
 THUMB_PX = 256
 MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collections)
@@ -42,7 +52,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
 def md(text: str) -> str:
     """``text`` escaped for Streamlit Markdown: shown literally, never as markup."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+    return _MD_SPECIAL.sub(r"\\\1", printable(text))  # one line: control characters escaped
 
 
 def shown_name(row: Row) -> str:
@@ -256,7 +266,7 @@ def search_view(searcher: Searcher) -> None:
 def show_query(searcher: Searcher, query: dict, upload) -> None:
     if query["kind"] == "upload":
         try:
-            im = fit(open_image(upload.getvalue(), ReaderCfg(), draft_to=THUMB_PX), THUMB_PX)
+            im = fit(open_image(upload.getvalue(), query_reader_cfg(), draft_to=THUMB_PX), THUMB_PX)
             st.image(jpeg_bytes(im), caption=md(upload.name), width="stretch")
         except ImageSkipped:
             st.caption(md(upload.name))

@@ -42,6 +42,19 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# Image formats imgembed reads: file suffix -> the Pillow plugin that decodes it. Files are opened
+# with these plugins only, whatever their bytes claim to be (a PostScript file named .jpg must never
+# reach Pillow's EPS plugin, which runs Ghostscript on it). ReaderCfg.extensions, the app's upload
+# types and the reader's plugin list all come from here.
+IMAGE_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+    ".tif": "TIFF", ".tiff": "TIFF",
+}
+# Query images (an upload in the app, `imgembed search FILE`) may declare at most this many pixels:
+# fewer than for indexing, since several users of the app may decode at once (README, "Bad input").
+QUERY_MAX_PIXELS = 50_000_000
+
+
 @dataclass
 class ReaderCfg:
     # A declared width x height above this is refused before decoding (decompression bombs).
@@ -53,10 +66,18 @@ class ReaderCfg:
     jpeg_draft: bool = True
     # Follow symlinked files (symlinked directories are never followed: they can loop).
     follow_symlinks: bool = True
-    # Lower-case file suffixes that are considered images.
-    extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-    )
+    # Lower-case file suffixes that are considered images (keys of IMAGE_FORMATS).
+    extensions: tuple[str, ...] = tuple(IMAGE_FORMATS)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The Pillow plugins allowed to open a file: those of :attr:`extensions`."""
+        return tuple(dict.fromkeys(IMAGE_FORMATS[e] for e in self.extensions if e in IMAGE_FORMATS))
+
+
+def query_reader_cfg() -> ReaderCfg:
+    """The reader settings for a query image: :data:`QUERY_MAX_PIXELS` instead of the index limit."""
+    return ReaderCfg(max_pixels=QUERY_MAX_PIXELS)
 
 
 @dataclass

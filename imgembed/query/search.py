@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -9,12 +10,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from imgembed.config import ReaderCfg
+from imgembed.config import ReaderCfg, query_reader_cfg
 from imgembed.identity import check_identity
 from imgembed.index import faiss_index
 from imgembed.index.format import Row, StoreError
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.reader import decode_query
+from imgembed.ingest.reader import ImageSkipped, decode_query, read_bytes
 from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
 
@@ -57,7 +58,7 @@ class Searcher:
                  mmap: bool = False, reader_cfg: ReaderCfg | None = None) -> None:
         self.dir = Path(index_dir)
         self.snapshot = Snapshot(self.dir, mmap=mmap)
-        self.reader_cfg = reader_cfg or ReaderCfg()
+        self.reader_cfg = reader_cfg or query_reader_cfg()  # query images: the lower pixel limit
         self._embedder = embedder
         self._device = device
         if embedder is not None:
@@ -138,8 +139,13 @@ class Searcher:
         return self.search_vectors(self.embed_image_bytes(data), k, qe=qe)[0]
 
     def search_image_file(self, path: str | Path, k: int = 10, qe: bool = False) -> list[Hit]:
-        with open(path, "rb") as f:
-            return self.search_image_bytes(f.read(), k, qe)
+        """Neighbours of the image in a file. Raises ImageSkipped naming the file when it is not a
+        usable image (a folder, a pipe, a device, too large: read through the reader's bounded read)."""
+        try:
+            data = read_bytes(os.fspath(path), self.reader_cfg, limit=" for a query image")
+        except ImageSkipped as e:
+            raise ImageSkipped(f"{path}: {e}") from e
+        return self.search_image_bytes(data, k, qe)
 
     def search_id(self, file_id: int, k: int = 10, qe: bool = False) -> list[Hit]:
         """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
