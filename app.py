@@ -22,6 +22,7 @@ from imgembed.config import (
     IndexJobCfg,
     ReaderCfg,
     default_index,
+    query_reader_cfg,
 )
 from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
@@ -34,8 +35,9 @@ from imgembed.query.collection import collection_map, neighbour_graph_of
 from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggested_keeper
 from imgembed.query.search import Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
+from imgembed.text import printable
 
-UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_FORMATS]  # jpg ... heic, avif
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_FORMATS]  # the reader opens only these formats (heic, avif too)
 GRID_COLS = 5
 THUMB_PX = 256
 MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collections)
@@ -51,7 +53,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
 def md(text: str) -> str:
     """``text`` escaped for Streamlit Markdown: shown literally, never as markup."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+    return _MD_SPECIAL.sub(r"\\\1", printable(text))  # one line: control characters escaped
 
 
 def shown_name(row: Row) -> str:
@@ -306,7 +308,7 @@ def search_view(searcher: Searcher, filters: Filters) -> None:
 def show_query(searcher: Searcher, query: dict, upload) -> None:
     if query["kind"] == "upload":
         try:
-            im = fit(open_image(upload.getvalue(), ReaderCfg(), draft_to=THUMB_PX), THUMB_PX)
+            im = fit(open_image(upload.getvalue(), query_reader_cfg(), draft_to=THUMB_PX), THUMB_PX)
             st.image(jpeg_bytes(im), caption=md(upload.name), width="stretch")
         except ImageSkipped:
             st.caption(md(upload.name))

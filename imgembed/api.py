@@ -91,10 +91,7 @@ class Index:
         if isinstance(query, (str, Path)):
             if os.path.isdir(query):
                 raise ValueError(f"{query} is a folder: pass its images to search_many, or one image")
-            if os.path.isfile(query):
-                row = self._unchanged_row(query)
-                if row is not None:  # indexed and unchanged: its stored vector, no model needed
-                    return self.searcher.search_vectors(self._stored(row.id)[None], k, filters=filters, qe=qe)[0]
+            if os.path.exists(query):  # a file (a pipe or a device too: the reader says why it is no image)
                 return self.searcher.search_image_file(query, k, filters, qe)
             if isinstance(query, Path) or os.path.splitext(query)[1].lower() in IMAGE_FORMATS:
                 raise FileNotFoundError(f"no such image file: {query}")
@@ -119,8 +116,8 @@ class Index:
                 qe: bool = False) -> list[Hit]:
         """The photos most like the image file at ``path``, itself left out when it is in the index.
 
-        An indexed, unchanged file is searched by its stored vector (no model is loaded); any other
-        file is decoded and embedded.
+        An indexed, unchanged file is searched by its stored vector, as :meth:`neighbours` (no model is
+        loaded; with DBA on, that is its augmented vector); any other file is decoded and embedded.
         """
         row = self._unchanged_row(path)
         if row is not None:

@@ -29,13 +29,27 @@ from imgembed.config import (
     check_device,
     default_index,
 )
-from imgembed.errors import BackboneError, HeadError, ImageSkipped, StoreError
+from imgembed.errors import StoreError
+from imgembed.text import printable
+
+# Only light modules are imported above: torch, PIL and faiss load inside main(), where Ctrl-C
+# during start-up is answered with one line like any other interruption.
 
 logger = logging.getLogger("imgembed")
 
-# Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
-USER_ERRORS = (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, FileNotFoundError,
-               NotADirectoryError, PermissionError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
+
+    OSError last: a full disk, a folder given for a file, a path that is gone."""
+    from imgembed.errors import BackboneError, HeadError, ImageSkipped
+
+    return (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, OSError)
+
+
+def say(line: str, err: bool = False) -> None:
+    """Print one line, control characters escaped: a file name cannot forge another line."""
+    print(printable(line), file=sys.stderr if err else sys.stdout)
 
 
 def show_progress(a: argparse.Namespace) -> bool:
@@ -71,8 +85,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=int, default=ReaderCfg.max_bytes, help="skip files larger than this")
 
 
+def _device(name: str) -> str:
+    try:
+        return check_device(name)
+    except ValueError as e:  # argparse shows this message (its own would be "invalid value")
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=BackboneCfg.device, type=check_device,
+    p.add_argument("--device", default=BackboneCfg.device, type=_device,
                    help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
 
 
@@ -251,9 +272,9 @@ def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
 def _print_summary(summary) -> None:
     """Skipped files on stderr (one line each), then the summary lines."""
     for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
     for line in summary.lines():
-        print(line)
+        say(line)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -300,7 +321,7 @@ def _print_answers(answers: list, a: argparse.Namespace, grouped: bool) -> int:
     """Results as text or JSON (one list per query when ``grouped``), and as CSV with --csv."""
     failed = [x for x in answers if x.error]
     for x in failed:
-        print(f"skipped query {x.query}: {x.error}", file=sys.stderr)
+        say(f"skipped query {x.query}: {x.error}", err=True)
     if a.csv:
         from imgembed.query.export import write_hits_csv
 
@@ -315,12 +336,14 @@ def _print_answers(answers: list, a: argparse.Namespace, grouped: bool) -> int:
     else:
         for n, x in enumerate(answers):
             if grouped:
-                print(("\n" if n else "") + f"query {x.query}" + (f": skipped ({x.error})" if x.error else ""))
+                if n:
+                    say("")
+                say(f"query {x.query}" + (f": skipped ({x.error})" if x.error else ""))
             _print_hits(x.hits)
     if failed and len(failed) == len(answers):
         return 1
     if failed:
-        print(f"{len(answers) - len(failed)} of {len(answers)} queries answered; {len(failed)} skipped", file=sys.stderr)
+        say(f"{len(answers) - len(failed)} of {len(answers)} queries answered; {len(failed)} skipped", err=True)
     return 0
 
 
@@ -330,7 +353,7 @@ def _print_hits(hits: list) -> None:
     width = max((len(c) for c in cams), default=1)
     for rank, (h, cam) in enumerate(zip(hits, cams), 1):
         date = "-" if not h.taken else ("~" if h.meta.taken_from == "mtime" else " ") + h.taken[:10]
-        print(f"{rank:3d}  {h.score:.4f}  {date:>11s}  {cam:<{width}s}  {h.path}")
+        say(f"{rank:3d}  {h.score:.4f}  {date:>11s}  {cam:<{width}s}  {h.path}")
 
 
 def cmd_similar(a: argparse.Namespace) -> int:
@@ -349,8 +372,8 @@ def cmd_similar(a: argparse.Namespace) -> int:
     finally:
         close()
     for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"{summary.lines()[0]} ({ix.path})", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
+    say(f"{summary.lines()[0]} ({ix.path})", err=True)
     filters = _filters(a)
     hits = (ix.text(a.text, a.k, filters, qe=a.qe) if a.text is not None
             else ix.similar(a.photo, a.k, filters, qe=a.qe))
@@ -369,7 +392,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     finally:
         bar.close()
     for line in summary.lines():
-        print(line)
+        say(line)
     return 0
 
 
@@ -393,11 +416,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(asdict(info), indent=2))
     else:
-        print(f"index      {info.path}\nimages     {info.count}\ndim        {info.dim}\n"
-              f"backbone   {info.backbone}\nhead       {info.head or 'none'}\n"
-              f"index type {info.index_type or 'empty'}"
-              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nDBA        {info.dba}\nmetric     {info.metric}\n"
-              f"generation {info.generation}\non disk    {info.disk_bytes / 2**20:.1f} MiB")
+        for line in (f"index      {info.path}", f"images     {info.count}", f"dim        {info.dim}",
+                     f"backbone   {info.backbone}", f"head       {info.head or 'none'}",
+                     f"index type {info.index_type or 'empty'}" + (f" (nprobe {info.nprobe})" if info.nprobe else ""),
+                     f"DBA        {info.dba}", f"metric     {info.metric}", f"generation {info.generation}",
+                     f"on disk    {info.disk_bytes / 2**20:.1f} MiB"):
+            say(line)
     return 0
 
 
@@ -411,9 +435,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     data = _eval_features(a, embedder)
     m = metrics_row(a.backbone, project(embedder, data.q_feats), project(embedder, data.g_feats), data)
     name = f"{a.backbone} ({embedder.dim}-d)"
-    print(f"{name}: {len(data.q_labels)} queries, {len(data.g_labels)} gallery")
-    print(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
-          f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
+    say(f"{name}: {len(data.q_labels)} queries, {len(data.g_labels)} gallery")
+    say(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
+        f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
     if a.json:
         m.update(n_queries=len(data.q_labels), n_gallery=len(data.g_labels))
         Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m}, indent=2))
@@ -432,7 +456,7 @@ def _eval_features(a: argparse.Namespace, embedder):
     finally:
         close()
     for path, reason in data.failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
     return data
 
 
@@ -449,14 +473,15 @@ def _eval_compare(a: argparse.Namespace) -> int:
     for path in a.head:
         warning = other_collection(path, data.g_feats)
         if warning:
-            print(f"warning: {warning}", file=sys.stderr)
+            say(f"warning: {warning}", err=True)
     update, close = _tqdm_progress(show_progress(a))
     try:
         rows = compare(data, heads, rerank=not a.no_rerank, progress=lambda d, t: update("rows", d, t))
     finally:
         close()
-    print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
-    print(format_table(rows))
+    say(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
+    for line in format_table(rows).splitlines():
+        say(line)
     if a.json:
         Path(a.json).write_text(json.dumps({"backbone": a.backbone, "gallery": a.gallery, "queries": a.queries,
                                             "heads": a.head, "rows": rows}, indent=2))
@@ -489,7 +514,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     finally:
         close()
     for path, reason in failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
     # label-free: one closed-form fit, scored against its PCA start (two steps)
     bar = tqdm(total=cfg.epochs if cfg.labels == "folders" else 1, desc="epochs" if cfg.labels == "folders" else "fit",
                unit="ep", disable=not show, dynamic_ncols=True)
@@ -504,8 +529,8 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         bar.close()
     weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),
                                      collection=collection_record(a.folder, x))
-    print(result.describe(cfg))
-    print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
+    say(result.describe(cfg))
+    say(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0
 
 
@@ -513,7 +538,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
     from imgembed.index.verify import repair, verify
 
     report = repair(a.index, a.drop_missing, a.wait) if a.repair else verify(a.index)
-    print("\n".join(report.lines()))
+    for line in report.lines():
+        say(line)
     return 0 if report.ok else 1
 
 
@@ -550,13 +576,13 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
         summary = embed_to_shards(a.folder, a.shards_out, _job_cfg(a),
                                   RayCfg(address=a.ray_address, shard_size=a.shard_size), progress=update)
     except JobFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         return 1
     finally:
         close()
     _print_summary(summary)
     if a.shards_only:
-        print(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
+        say(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
         return 0
     return _build_index(a.shards_out, a)
 
@@ -575,7 +601,7 @@ def _build_index(shards_dir: str, a: argparse.Namespace) -> int:
     finally:
         close()
     for line in summary.lines():
-        print(line)
+        say(line)
     return 0
 
 
@@ -584,21 +610,41 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "similar": cmd_similar, "i
             "train-head": cmd_train_head, "build-index": cmd_build_index}
 
 
+# Commands that write an index; an interruption of one of them says what became of it.
+_WRITERS = ("index", "verify", "build-index")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 user error, 2 usage, 130 interrupted)."""
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    """Entry point; returns the exit status (0 ok, 1 user error, 2 usage, 130 interrupted, 141 when
+    the reader of the output went away, as for a program killed by SIGPIPE)."""
+    command = None
     try:
-        return COMMANDS[a.command](a)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        a = build_parser().parse_args(argv)
+        command = a.command
+        logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        errors = user_errors()
+        try:
+            rc = COMMANDS[a.command](a)
+            sys.stdout.flush()  # here, not at exit, so that a closed pipe is seen below
+            return rc
+        except BrokenPipeError:
+            raise
+        except errors as e:
+            say(f"error: {e}", err=True)
+            return 1
     except KeyboardInterrupt:
-        print("interrupted: the index still holds its last complete state, and the vectors computed so "
-              "far are kept; run the same command again to finish", file=sys.stderr)
+        say("interrupted: the index still holds its last complete state, and the vectors computed so far "
+            "are kept; run the same command again to finish" if command in _WRITERS else "interrupted", err=True)
         return 130
+    except BrokenPipeError:  # `imgembed search ... | head -1`: the rest of the output is not wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+        except (OSError, ValueError):  # stdout is no file (a test's capture)
+            pass
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

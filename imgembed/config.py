@@ -50,13 +50,17 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 # Image formats imgembed reads: file suffix -> the Pillow plugin that decodes it. Files are opened
-# with these plugins only, whatever their bytes claim to be. ReaderCfg.extensions, the app's upload
+# with these plugins only, whatever their bytes claim to be (a PostScript file named .jpg must never
+# reach Pillow's EPS plugin, which runs Ghostscript on it). ReaderCfg.extensions, the app's upload
 # types and the reader's plugin list all come from here. HEIF (.heic/.heif, the iPhone default) is
 # decoded by pillow-heif's plugin, AVIF by Pillow's own.
 IMAGE_FORMATS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
     ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF",
 }
+# Query images (an upload in the app, `imgembed search FILE`) may declare at most this many pixels:
+# fewer than for indexing, since several users of the app may decode at once (README, "Bad input").
+QUERY_MAX_PIXELS = 50_000_000
 # The largest upload the app and the HTTP API accept (the app's browser limit is
 # server.maxUploadSize in .streamlit/config.toml, in MB).
 MAX_UPLOAD_MB = 25
@@ -80,6 +84,11 @@ class ReaderCfg:
     def formats(self) -> tuple[str, ...]:
         """The Pillow plugins allowed to open a file: those of :attr:`extensions`."""
         return tuple(dict.fromkeys(IMAGE_FORMATS[e] for e in self.extensions if e in IMAGE_FORMATS))
+
+
+def query_reader_cfg() -> ReaderCfg:
+    """The reader settings for a query image: :data:`QUERY_MAX_PIXELS` instead of the index limit."""
+    return ReaderCfg(max_pixels=QUERY_MAX_PIXELS)
 
 
 @dataclass

@@ -24,11 +24,14 @@ from imgembed.ingest import fs
 from imgembed.ingest.metadata import PhotoMeta, with_fallback
 from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
 from imgembed.model.source import EmbedderSource
+from imgembed.text import printable
 
 if TYPE_CHECKING:  # the model code (and torch) is imported only when something is embedded
     from imgembed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
+
+NON_FINITE = "the model gave a vector that is not finite (NaN or infinity); check the backbone and the head"
 
 # progress(stage, done, total): stage is "hash" or "embed"
 Progress = Callable[[str, int, int], None]
@@ -44,6 +47,9 @@ class IndexSummary:
     removed: int = 0  # deleted or changed files whose old entry was dropped
     metadata: int = 0  # photos indexed before metadata was recorded whose metadata was read now
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
+    taken_in: list[tuple[str, int]] = field(default_factory=list)  # (folder inside the root indexed before, entries)
+    moved: list[tuple[str, int]] = field(default_factory=list)  # (vanished folder, entries whose photos are here)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     total: int = 0  # entries in the index after the run
@@ -58,6 +64,11 @@ class IndexSummary:
         out = [
             f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
             f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
+            *([self.unread] if self.unread else []),
+            *(f"took in the {n} entries of {path}, indexed before as a folder of its own (none embedded again)"
+              for path, n in self.taken_in),
+            *(f"dropped {n} entries of {path}: that folder is gone and the same photos are in this one"
+              for path, n in self.moved),
             f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
             + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
         ]
@@ -94,16 +105,19 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
     with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
         if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
             source.get()
-        root_id = store.root_id(root)
+        root_id = store.root_id(root)  # refused when inside a folder the index holds
+        summary.taken_in = [(fs.display(p), n) for p, n in store.take_in_roots_below(root_id)]
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
+        summary.unread = scan.unread_line()
         todo = _drop_changed(store, root_id, scan.files, summary)
         _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
         if todo:
             _embed(store, root, root_id, todo, source.get(), cfg, summary, progress)
+        summary.moved = [(fs.display(p), n) for p, n in store.drop_moved(root_id)]
         summary.publish = store.publish()
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
@@ -200,11 +214,16 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     for batch in embed_files(items, embedder, cfg.reader, cfg.embed):
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))
-            logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
-        if batch.keys:
-            vecs.append(batch.vectors)
-            for rel, size, digest, meta in zip(batch.keys, batch.sizes, batch.digests, batch.metas):
-                pending.append(_new_file(by_rel[rel], digest, size, meta))
+            logger.info("skipped %s: %s", printable(fs.display(rel)), printable(reason))  # the summary lists every skip once
+        finite = np.isfinite(batch.vectors).all(axis=1) if batch.keys else []
+        for rel, ok in zip(batch.keys, finite):
+            if not ok:  # stored, it would make every search come back empty
+                summary.skipped.append((fs.display(rel), NON_FINITE))
+        if batch.keys and finite.any():
+            vecs.append(batch.vectors[finite])
+            for rel, size, digest, meta, ok in zip(batch.keys, batch.sizes, batch.digests, batch.metas, finite):
+                if ok:
+                    pending.append(_new_file(by_rel[rel], digest, size, meta))
         done += len(batch.keys) + len(batch.failures)
         if len(pending) >= cfg.commit_every:
             _flush(store, root_id, pending, vecs, summary)

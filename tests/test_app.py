@@ -306,3 +306,22 @@ def test_mismatched_index_is_explained(photos, tmp_path, monkeypatch):
     at = start(monkeypatch, ix)
     assert len(at.error) == 1 and "was built with" in at.error[0].value
     assert not at.file_uploader  # no search page on an index it cannot read correctly
+
+
+def test_hostile_uploads_and_names(tmp_path, monkeypatch):
+    """A PostScript file named .jpg reaches no other Pillow plugin, a query image declaring 64 MP is
+    refused (the upload limit is 50 MP), and a name with control characters is shown escaped."""
+    from helpers import EPS, declared_png
+
+    folder = tmp_path / "photos"
+    write_photos(folder, 5)
+    (folder / "img0000.jpg").rename(folder / "evil\x1b[2J\nname.jpg")
+    at = start(monkeypatch, index_tiny(folder, tmp_path / "ix"))
+    for name, data, why in [("holiday.jpg", EPS, "not an image"),
+                            ("wide.png", declared_png(8000, 8000), "above the 50 MP limit")]:
+        upload(at, name, data)
+        assert len(at.error) == 1 and why in at.error[0].value, (name, at.error)
+    upload(at, "fine.jpg", (folder / "img0001.jpg").read_bytes())
+    shown = [c for im in at.get("image") for c in im.captions] + [m.value for m in at.markdown]
+    assert any("evil\\\\x1b\\[2J\\\\nname\\.jpg" in c for c in shown), shown
+    assert not any("\x1b" in c or "\n" in c.replace("  \n", "") for c in shown)

@@ -15,7 +15,7 @@ from imgembed.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "imgembed"
 
-GROUND = {"config", "atomic", "errors", "identity"}
+GROUND = {"config", "atomic", "errors", "identity", "text"}
 BELOW = {  # layer -> the layers it may import (besides itself)
     "ground": set(),
     "ingest": {"ground"},

@@ -113,7 +113,7 @@ def test_renamed_photos_get_metadata_without_being_embedded(tmp_path):
 
 def _downgrade(ix) -> None:
     """The index as an imgembed before photo metadata left it: schema version 1, no photo_meta table."""
-    assert MIGRATIONS[META_VERSION - 1].strip().startswith("CREATE TABLE photo_meta")
+    assert MIGRATIONS[META_VERSION - 1].strip().startswith("CREATE TABLE IF NOT EXISTS photo_meta")
     con = sqlite3.connect(ix / "meta.sqlite")
     con.executescript(f"DROP TABLE photo_meta; PRAGMA user_version={META_VERSION - 1};")
     con.close()
@@ -184,3 +184,15 @@ def test_removed_photos_take_their_metadata_with_them(tmp_path):
     n_files, n_meta = con.execute("SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM photo_meta)").fetchone()
     con.close()
     assert n_files == n_meta == 2
+
+
+def test_a_folder_taken_in_by_its_parent_keeps_its_metadata_right(tmp_path):
+    """Indexing photos/ after photos/hat/ moves hat's entries under photos/: their folder follows."""
+    root = tmp_path / "photos"
+    photo(root / "hat" / "a.jpg", 1)
+    photo(root / "b.jpg", 2)
+    index_folder(root / "hat", tmp_path / "ix", tiny_cfg())
+    assert _meta_by_name(tmp_path / "ix")["a.jpg"].folder == b""
+    index_folder(root, tmp_path / "ix", tiny_cfg())
+    meta = _meta_by_name(tmp_path / "ix")
+    assert meta["hat/a.jpg"].folder == b"hat" and meta["b.jpg"].folder == b""

@@ -228,6 +228,16 @@ def ids_of(index: faiss.Index) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.empty(0, np.int64)
 
 
+def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` holds for ``ids`` (float32 (n, d)); IVF-PQ gives its decoded codes.
+    IVF indexes get an id lookup table for it (memory: a hash entry per vector)."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        ivf = faiss.extract_index_ivf(index)
+        if ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, index.d), np.float32)
+
+
 def read_flags(mmap: bool) -> int:
     """faiss read flags that map the index file instead of loading it.
 

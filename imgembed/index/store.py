@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -22,10 +22,10 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
-from imgembed.atomic import atomic_write_json, replace_synced
+from imgembed.atomic import atomic_write_bytes, create_new, fsync_dir
 from imgembed.config import DBA_MODES, IndexCfg, check_choice, from_dict
 from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.index import dba, faiss_index
+from imgembed.index import dba, faiss_index, roots, scratch
 from imgembed.index.augment import NO_KTH
 from imgembed.index.format import (
     DB,
@@ -35,8 +35,12 @@ from imgembed.index.format import (
     LiveFile,
     NewFile,
     StoreError,
+    check_entries,
+    check_is_index,
     connect,
+    damaged,
     faiss_name,
+    is_damage,
     migrate,
     path_meta,
     read_manifest,
@@ -77,10 +81,13 @@ class PublishStats:
 
 @contextmanager
 def _writing(path: Path):
-    """SQLite failures while writing (disk full, read-only folder, I/O error) as a StoreError."""
+    """SQLite failures while writing as a StoreError: a damaged database, or a full disk, a
+    read-only folder, an I/O error."""
     try:
         yield
     except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise damaged(path, e) from e
         raise StoreError(
             f"cannot write {path}: {e}. Free disk space or make the folder writable, then run again; "
             "the last published index is unchanged and the work committed so far is kept") from e
@@ -111,6 +118,8 @@ class StoreWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create index folder {self.dir}: {e.strerror}") from e
+        check_entries(self.dir)  # no links among the files written below
+        check_is_index(self.dir)  # never an index inside a folder of other things
         self._lock_fd = self._take_lock(wait)
         try:
             exists = (self.dir / MANIFEST).exists()
@@ -124,8 +133,12 @@ class StoreWriter:
                 # The database exists before the manifest that announces the index, so a crash
                 # between the two never leaves a manifest without metadata.
                 self.con = connect(self.dir)
+                existing = self.con.execute("PRAGMA user_version").fetchone()[0] > 0
+                had_scratch = scratch.has_table(self.con, "scratch")
                 migrate(self.con)
                 self.published = int(read_meta(self.con, "generation"))
+                if existing and not had_scratch:  # an index from before the scratch table
+                    scratch.adopt_leftovers(self.con, self._tx, self.dir, faiss_name(self.published))
                 self.gen = self.published + 1  # the generation this writer is preparing
                 self._cleanup()
             if not exists:
@@ -152,8 +165,11 @@ class StoreWriter:
     def _take_lock(self, wait: bool) -> int:
         path = self.dir / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:  # a link planted after the check
+                check_entries(self.dir)
             raise StoreError(f"cannot write to index folder {self.dir}: {e.strerror}; make it writable "
                              "or use another --index (searching the existing index still works)") from e
         try:
@@ -174,7 +190,7 @@ class StoreWriter:
     def _create(self, identity: dict, index_cfg: IndexCfg, head_files: list[Path]) -> dict:
         try:
             for src in head_files:
-                shutil.copyfile(src, self.dir / ("head" + src.suffix))
+                self._write_file(self.dir / ("head" + src.suffix), src.read_bytes())
         except OSError as e:
             raise StoreError(f"cannot copy the head into {self.dir}: {e.strerror or e}") from e
         manifest = {
@@ -190,18 +206,27 @@ class StoreWriter:
 
     def _write_manifest(self, manifest: dict) -> None:
         try:
-            atomic_write_json(self.dir / MANIFEST, manifest)
+            self._write_file(self.dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         except OSError as e:
             raise StoreError(f"cannot write {self.dir / MANIFEST}: {e.strerror}") from e
 
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Replace ``path`` atomically through a temporary file recorded in ``scratch`` first."""
+        tmp = f".{path.name}.tmp"
+        self._record(tmp)
+        atomic_write_bytes(path, data, tmp_name=tmp)
+        self._forget(tmp)
+
+    def _record(self, *names: str) -> None:
+        scratch.record(self.con, self._tx, *names)
+
+    def _forget(self, *names: str) -> None:
+        scratch.forget(self.con, self._tx, *names)
+
     def _cleanup(self) -> None:
-        """Forget what an interrupted earlier writer left unpublished beyond committed vectors."""
-        keep = faiss_name(self.published)
-        for p in self.dir.glob("vectors.*.faiss"):
-            if p.name != keep:
-                p.unlink(missing_ok=True)
-        for p in self.dir.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
+        """Delete what interrupted earlier writers left (the files listed in ``scratch``, and nothing
+        else), and forget rows that every reader has moved past. Committed vectors stay."""
+        scratch.cleanup(self.con, self.dir, faiss_name(self.published))
         # Rows removed in generations every reader has moved past can go for good.
         self.con.execute("DELETE FROM files WHERE removed_gen IS NOT NULL AND removed_gen <= ?",
                          (self.published,))
@@ -224,10 +249,21 @@ class StoreWriter:
     # -- reads used while planning a run
 
     def root_id(self, root: str | Path) -> int:
+        """The id of an indexed folder (added when new). Raises StoreError for a folder inside one
+        that the index already holds: its photos would be listed twice."""
         path = os.fsencode(os.path.abspath(root))
+        roots.check_not_inside(self.con, path)
         with _writing(self.dir / DB):
             self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
         return self.con.execute("SELECT id FROM roots WHERE path=?", (path,)).fetchone()[0]
+
+    def take_in_roots_below(self, root_id: int) -> list[tuple[bytes, int]]:
+        """Entries of indexed folders inside this root move under it: ``[(folder, entries)]``."""
+        return roots.take_in_below(self.con, self._tx, root_id, self.gen)
+
+    def drop_moved(self, root_id: int) -> list[tuple[bytes, int]]:
+        """Entries of vanished folders whose photos are now under this root go: ``[(folder, entries)]``."""
+        return roots.drop_moved(self.con, self._tx, root_id, self.gen)
 
     def live_files(self, root_id: int) -> dict[bytes, LiveFile]:
         """``relpath -> LiveFile`` of the files not removed (published or pending)."""
@@ -267,6 +303,9 @@ class StoreWriter:
             if vectors is not None:
                 if vectors.shape != (len(files), self.dim):
                     raise ValueError(f"expected vectors of shape {(len(files), self.dim)}, got {vectors.shape}")
+                if not np.isfinite(vectors).all():  # NaN would make every search come back empty
+                    raise StoreError(f"refusing {int((~np.isfinite(vectors).all(axis=1)).sum())} vectors that are "
+                                     "not finite (NaN or infinity): the model or its head is broken")
                 rows = [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)]
                 self.con.executemany("INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)", rows)
                 if self.dba_on:  # augmented at publish (imgembed.index.dba)
@@ -283,7 +322,7 @@ class StoreWriter:
                     meta.append(_meta_row(file_id, f))
             self.con.executemany(_INSERT_META, meta)
 
-    # -- photo metadata of entries recorded before it was (schema version 3), or by build-index
+    # -- photo metadata of entries recorded before it was (schema version 4), or by build-index
 
     def missing_meta(self, root_id: int) -> list[tuple[int, bytes, int]]:
         """``(id, relpath, mtime_ns)`` of the live entries of a root that have no metadata yet."""
@@ -308,6 +347,16 @@ class StoreWriter:
         """Delete stored vectors whose size is not the manifest's dimension; how many."""
         with self._tx():
             return self.con.execute("DELETE FROM vectors WHERE length(vec) != ?", (4 * self.dim,)).rowcount
+
+    def drop_non_finite_vectors(self) -> int:
+        """Delete stored vectors holding NaN or infinity; how many."""
+        bad = []
+        for h, vec in self.con.execute("SELECT hash, vec FROM vectors WHERE length(vec) = ?", (4 * self.dim,)):
+            if not np.isfinite(np.frombuffer(vec, dtype=np.float32)).all():
+                bad.append((h,))
+        with self._tx():
+            self.con.executemany("DELETE FROM vectors WHERE hash=?", bad)
+        return len(bad)
 
     def drop_rows_without_vectors(self) -> int:
         """Remove the entries whose content has no stored vector (the next index run embeds them)."""
@@ -440,6 +489,12 @@ class StoreWriter:
             raise StoreError(f"internal error: index holds {index.ntotal} vectors, metadata {total}; "
                              "run imgembed verify --repair")
         new_path = self.dir / faiss_name(self.gen)
+        tmp_name = f".{new_path.name}.tmp"
+        for p in (new_path, self.dir / tmp_name):
+            if os.path.lexists(p):  # not ours: every file a writer made and left is gone by now
+                raise StoreError(f"{p} is in the way (imgembed did not make it); move it out of the index "
+                                 "folder, then run again")
+        self._record(new_path.name, tmp_name)
         self._write_index(index, new_path)
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
@@ -451,19 +506,28 @@ class StoreWriter:
             if dba_off:
                 self.con.execute("DELETE FROM plain")
             self.con.execute("UPDATE meta SET value=? WHERE key='dba'", ("1" if self.dba_on else "",))
+            self.con.execute("DELETE FROM scratch WHERE name IN (?, ?)", (new_path.name, tmp_name))
+            if self.published:  # the file readers leave now: deleted below, or by the next writer
+                self.con.execute("INSERT OR IGNORE INTO scratch(name) VALUES (?)", (old_path.name,))
             if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
                 # Also entries added and dropped within this generation (by an interrupted run).
                 _purge_orphans(self.con)
         old_path.unlink(missing_ok=True)
+        self._forget(old_path.name)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild), calibration)
         self.published, self.gen = self.gen, self.gen + 1
         return stats
 
     def _write_index(self, index: faiss.Index, path: Path) -> None:
+        """Write ``index`` to ``path`` atomically, through a new file of our own (never a link)."""
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            faiss.write_index(index, str(tmp))
-            replace_synced(tmp, path)
+            with os.fdopen(create_new(tmp), "wb") as f:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(self.dir)
         except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {path}: {e}; the previous index is unchanged") from e

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from imgembed.index.projection import pca_basis, pca_rank  # noqa: F401 (re-exported: the heads' PCA)
-from imgembed.model.head import linear_head  # noqa: F401 (re-exported)
+from imgembed.model.head import ProjectionHead, linear_head  # noqa: F401 (linear_head re-exported)
 
 
 def fit_pca(feats: np.ndarray, dim: int, whiten: bool = False, basis: tuple | None = None,

@@ -50,7 +50,7 @@ BOOTSTRAP = 1000  # resamples of the queries for the 95% interval of mAP
 
 def rerank_vectors(q: np.ndarray, g: np.ndarray, variant: str) -> tuple[np.ndarray, np.ndarray]:
     """Query and gallery unit vectors after a :data:`RERANK` variant (DBA on the gallery, then QE)."""
-    from imgembed.index.augment import augment, expand, exact_search
+    from imgembed.index.augment import augment, exact_search, expand
 
     if "DBA" in variant:
         g = augment(g)[0]

@@ -13,7 +13,7 @@ import numpy as np
 from imgembed.config import TrainCfg
 from imgembed.learn.plots import plot_curve
 from imgembed.learn.train import TrainResult
-from imgembed.model.head import head_paths, read_head_info, save_head
+from imgembed.model.head import HeadError, head_paths, read_head_info, save_head
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,16 @@ def save_trained_head(path: str | Path, result: TrainResult, cfg: TrainCfg, sour
     """Write the head (safetensors + JSON with config, summary, history and the training collection)
     and its curve PNG."""
     method = "supervised" if cfg.labels == "folders" else "label-free"
-    weights = save_head(path, result.head, extra={
-        "method": method, "train": asdict(cfg), "source": source, "collection": collection,
-        "result": result.summary(), "history": result.history})
     png = head_paths(path)[0].with_suffix(".png")
-    plot_curve(result, png, title=f"{method} head, {cfg.dim}-d" + (f", {cfg.loss}" if method == "supervised" else ""))
+    try:
+        weights = save_head(path, result.head, extra={
+            "method": method, "train": asdict(cfg), "source": source, "collection": collection,
+            "result": result.summary(), "history": result.history})
+        plot_curve(result, png,
+                   title=f"{method} head, {cfg.dim}-d" + (f", {cfg.loss}" if method == "supervised" else ""))
+    except OSError as e:  # a full disk, a folder nobody may write to
+        raise HeadError(f"cannot write the head {head_paths(path)[0]}: {e.strerror or e}; free disk space or "
+                        "pass another --out, then train again (the cached features make it quick)") from e
     return weights, png
 
 

@@ -142,6 +142,10 @@ def load_head(path: str | Path) -> ProjectionHead:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise HeadError(f"{weights}: not a safetensors file ({e})") from e
+    broken = sorted(k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:  # its vectors would be NaN, and every search of them empty
+        raise HeadError(f"{weights} holds weights that are not finite (NaN or infinity) in {', '.join(broken)}; "
+                        "train the head again")
     head = ProjectionHead(cfg)
     try:
         head.load_state_dict(state, strict=True)

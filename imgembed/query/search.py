@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from imgembed.config import ReaderCfg
+from imgembed.config import ReaderCfg, query_reader_cfg
 from imgembed.identity import check_identity
 from imgembed.index import faiss_index, filtered_search
 from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.reader import ImageSkipped, decode_query
+from imgembed.ingest.reader import ImageSkipped, decode_query, read_bytes
 from imgembed.model.source import embedder_for
 
 if TYPE_CHECKING:  # the model (and torch) is loaded on the first query that needs it
@@ -77,7 +78,7 @@ class Searcher:
                  mmap: bool = False, reader_cfg: ReaderCfg | None = None) -> None:
         self.dir = Path(index_dir)
         self.snapshot = Snapshot(self.dir, mmap=mmap)
-        self.reader_cfg = reader_cfg or ReaderCfg()
+        self.reader_cfg = reader_cfg or query_reader_cfg()  # query images: the lower pixel limit
         self._embedder = embedder
         self._device = device
         if embedder is not None:
@@ -193,8 +194,13 @@ class Searcher:
 
     def search_image_file(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None,
                           qe: bool = False) -> list[Hit]:
-        with open(path, "rb") as f:
-            return self.search_image_bytes(f.read(), k, filters, qe)
+        """Neighbours of the image in a file. Raises ImageSkipped naming the file when it is not a
+        usable image (a folder, a pipe, a device, too large: read through the reader's bounded read)."""
+        try:
+            data = read_bytes(os.fspath(path), self.reader_cfg, limit=" for a query image")
+        except ImageSkipped as e:
+            raise ImageSkipped(f"{path}: {e}") from e
+        return self.search_image_bytes(data, k, filters, qe)
 
     def search_id(self, file_id: int, k: int = 10, filters: Filters | dict | None = None,
                   qe: bool = False) -> list[Hit]:

@@ -17,7 +17,7 @@ Filters (any search): ``under``, ``after``, ``before``, ``camera``, ``min_width`
 Safety: it listens on localhost unless told otherwise, and refuses to listen beyond it without a
 bearer token (``--token-file``, ``$IMGEMBED_TOKEN``) unless ``--no-token`` says the network is
 trusted. Uploads are held to the app's limits (:data:`imgembed.config.MAX_UPLOAD_MB`, checked on
-the declared length and again on the bytes received; 100 megapixels) and decoded by the same
+the declared length and again on the bytes received; the query pixel limit) and decoded by the same
 guarded reader; a bad upload gets a 4xx answer with the reason. Files are only ever read for
 photos recorded in the index, looked up by id or by their exact recorded path.
 """
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from imgembed.api import Index, Photo, open_index
-from imgembed.config import MAX_UPLOAD_MB, ReaderCfg
+from imgembed.config import MAX_UPLOAD_MB, ReaderCfg, query_reader_cfg
 from imgembed.index.filters import Filters
 from imgembed.errors import BackboneError, ImageSkipped, StoreError
 from imgembed.model.embedder import use_query_threads
@@ -122,7 +122,8 @@ def create_app(cfg: ServeCfg, index: Index | None = None):
     if ix.info().count:
         ix.searcher.warm_up()
     model = threading.Lock()  # one embedding at a time; searches share the snapshot's lock
-    reader_cfg = ReaderCfg(max_bytes=cfg.max_upload_bytes)
+    reader_cfg = query_reader_cfg()  # the query images' pixel limit, as the app's
+    reader_cfg.max_bytes = cfg.max_upload_bytes
     ix.searcher.reader_cfg = reader_cfg
 
     app = FastAPI(title="imgembed", version="1", description="Similar-photo search over one imgembed index.")
