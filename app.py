@@ -14,8 +14,19 @@ import time
 
 import streamlit as st
 
-from imgembed.config import DEFAULT_BACKBONE, BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, default_index
-from imgembed.index.format import Row, StoreError
+from imgembed.config import (
+    DEFAULT_BACKBONE,
+    IMAGE_FORMATS,
+    MAX_UPLOAD_MB,
+    BackboneCfg,
+    EmbedCfg,
+    IndexJobCfg,
+    ReaderCfg,
+    default_index,
+    query_reader_cfg,
+)
+from imgembed.index.filters import Filters
+from imgembed.index.format import Meta, Row, StoreError
 from imgembed.indexer import index_folder
 from imgembed.ingest.reader import ImageSkipped, open_image
 from imgembed.model.backbones import BackboneError
@@ -26,9 +37,9 @@ from imgembed.query.copies import PRESETS, Group, Report, find_duplicates
 from imgembed.query.duplicate_export import drop_csv, move_script
 from imgembed.query.search import Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
+from imgembed.text import printable
 
-MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml (the browser's limit)
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_FORMATS]  # the reader opens only these formats (heic, avif too)
 GRID_COLS = 5
 THUMB_PX = 256
 MAP_MAX = 400  # photos drawn on the map (a fixed random sample of larger collections)
@@ -44,11 +55,19 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
 def md(text: str) -> str:
     """``text`` escaped for Streamlit Markdown: shown literally, never as markup."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+    return _MD_SPECIAL.sub(r"\\\1", printable(text))  # one line: control characters escaped
 
 
 def shown_name(row: Row) -> str:
     return row.relpath.decode("utf-8", "replace")
+
+
+def shown_meta(meta: Meta | None) -> str:
+    """``2023-06-01 · Apple iPhone 15``; a date from the file's modification time is marked ``~``."""
+    if meta is None:
+        return ""
+    date = ("~" if meta.taken_from == "mtime" else "") + meta.taken[:10]
+    return " · ".join(md(part) for part in (date, meta.camera) if part)
 
 
 # ---------------------------------------------------------------- cached resources and data
@@ -77,6 +96,12 @@ def map_jpeg(index_dir: str, generation: int, _searcher: Searcher) -> tuple[byte
     """A JPEG of up to MAP_MAX thumbnails placed by a PCA of their embeddings, and how many."""
     canvas, n = collection_map(_searcher.snapshot, MAP_MAX, MAP_CELL)
     return (jpeg_bytes(canvas, quality=80) if canvas is not None else None), n
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def filter_choices(index_dir: str, generation: int, _searcher: Searcher) -> dict:
+    with _searcher.snapshot.read():
+        return _searcher.snapshot.filter_choices()
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -144,8 +169,10 @@ def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
         return
     bar = st.progress(0.0, text="Loading the model and scanning the folder…")
 
+    verbs = {"hash": "Checking known files", "metadata": "Reading photo metadata", "copies": "Preparing copy detection"}
+
     def progress(stage: str, done: int, total: int) -> None:
-        verb = {"hash": "Checking known files", "copies": "Preparing copy detection"}.get(stage, "Embedding photos")
+        verb = verbs.get(stage, "Embedding photos")
         bar.progress(done / max(total, 1), text=f"{verb}: {done} / {total}")
 
     cfg = IndexJobCfg(backbone=BackboneCfg(name=backbone.strip()), embed=EmbedCfg(workers=0))
@@ -186,7 +213,27 @@ def no_index_page(index_dir: str, problem: str) -> None:
 # ---------------------------------------------------------------- views
 
 
-def search_view(searcher: Searcher) -> None:
+def filter_sidebar(searcher: Searcher) -> Filters:
+    """The sidebar's filters (the CLI's --under, --after, --before, --camera, --min-width, --ext)."""
+    choices = filter_choices(str(searcher.dir), searcher.snapshot.generation, searcher)
+    st.header("Filters")
+    if not searcher.snapshot.has_meta:
+        st.caption("This index was made before imgembed recorded photo metadata: index its folder once "
+                   "more to filter by date, camera and file type (nothing is embedded again).")
+    folders = [f for f in choices["folders"] if f]
+    under = st.selectbox("Folder", folders, index=None, key="f_under", placeholder="all folders",
+                         help="photos in this folder and the folders inside it")
+    after = st.date_input("Taken on or after", value=None, key="f_after", format="YYYY-MM-DD")
+    before = st.date_input("Taken before", value=None, key="f_before", format="YYYY-MM-DD")
+    camera = st.selectbox("Camera", choices["cameras"], index=None, key="f_camera", placeholder="any camera")
+    min_width = st.number_input("Minimum width (pixels)", min_value=0, value=0, step=100, key="f_min_width")
+    ext = st.multiselect("File types", choices["exts"], key="f_ext", placeholder="all types")
+    return Filters(under=under, after=after.isoformat() if after else None,
+                   before=before.isoformat() if before else None, camera=camera,
+                   min_width=int(min_width) or None, ext=tuple(ext))
+
+
+def search_view(searcher: Searcher, filters: Filters) -> None:
     backbone = searcher.snapshot.manifest["backbone"]
     has_text = searcher.embedder.has_text
     top = st.columns([3, 2], gap="large")
@@ -196,6 +243,9 @@ def search_view(searcher: Searcher) -> None:
         k = st.slider("Number of results (k)", 1, 50, 10, key="k")
         min_score = st.slider("Minimum score", 0.0, 1.0, 0.0, 0.01, key="min_score",
                               help="cosine similarity; 1.0 is the same photo, 0 shows every result")
+        qe = st.toggle("Query expansion", key="qe",
+                       help="fold the 10 best matches into the query and search again: better at finding the "
+                            "same kind of subject, slower, and scores become similarities to the expanded query")
     left, right = st.columns(2, gap="large")
     with left:
         names = pick_list(str(searcher.dir), searcher.snapshot.generation, searcher)
@@ -224,9 +274,13 @@ def search_view(searcher: Searcher) -> None:
             data = upload.getvalue()
             if len(data) > MAX_UPLOAD_MB * 2**20:
                 raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB upload limit")
-            hits = searcher.search(Query("image", image=data), k)
+            hits = searcher.search(Query("image", image=data), k, filters, qe=qe)
         else:
-            hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k)
+            hits = searcher.search(Query(query["kind"], id=query.get("id", -1), text=query.get("text", "")), k,
+                                   filters, qe=qe)
+    except ValueError as e:  # a filter the index cannot apply
+        st.error(md(str(e)))
+        return
     except ImageSkipped as e:
         st.error(f"**{md(upload.name)}** cannot be used as a query: {md(str(e))}. Try another photo.")
         return
@@ -243,14 +297,15 @@ def search_view(searcher: Searcher) -> None:
         show_query(searcher, query, upload)
     with rcol:
         st.markdown(f"**{len(shown)} most similar photos** · query answered in **{ms:.0f} ms**"
-                    + (f" · {len(hits) - len(shown)} below {min_score:.2f} hidden" if len(shown) < len(hits) else ""))
-        result_grid(shown)
+                    + (f" · {len(hits) - len(shown)} below {min_score:.2f} hidden" if len(shown) < len(hits) else "")
+                    + (f" · filters: {md(filters.describe())}" if filters else ""))
+        result_grid(shown, filtered=bool(filters) and not hits)
 
 
 def show_query(searcher: Searcher, query: dict, upload) -> None:
     if query["kind"] == "upload":
         try:
-            im = fit(open_image(upload.getvalue(), ReaderCfg(), draft_to=THUMB_PX), THUMB_PX)
+            im = fit(open_image(upload.getvalue(), query_reader_cfg(), draft_to=THUMB_PX), THUMB_PX)
             st.image(jpeg_bytes(im), caption=md(upload.name), width="stretch")
         except ImageSkipped:
             st.caption(md(upload.name))
@@ -262,15 +317,17 @@ def show_query(searcher: Searcher, query: dict, upload) -> None:
         st.markdown(f"“{md(query['text'])}”")
 
 
-def result_grid(hits: list[Hit]) -> None:
+def result_grid(hits: list[Hit], filtered: bool = False) -> None:
     if not hits:
-        st.info("No photo reaches the minimum score; lower it to see more.")
+        st.info("No photo matches these filters." if filtered else
+                "No photo reaches the minimum score; lower it to see more.")
         return
     for start in range(0, len(hits), GRID_COLS):
         cols = st.columns(GRID_COLS)
         for col, h in zip(cols, hits[start:start + GRID_COLS]):
             with col:
-                show_photo(h.row, f"**{h.score:.3f}** · {md(shown_name(h.row))}")
+                about = shown_meta(h.meta)
+                show_photo(h.row, f"**{h.score:.3f}** · {md(shown_name(h.row))}" + (f"  \n{about}" if about else ""))
                 st.button("More like this", key=f"more-{h.id}", on_click=set_query,
                           args=({"kind": "id", "id": h.id},), width="stretch")
 
@@ -370,7 +427,8 @@ def collection_view(searcher: Searcher) -> None:
     cols[3].metric("Index type", info.index_type or "empty")
     cols[4].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
     cols[5].metric("Generation", info.generation)
-    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · metric {info.metric} · "
+    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · "
+               f"database-side augmentation {info.dba} · metric {info.metric} · "
                f"index folder {md(info.path)}")
     st.subheader("Map of the collection")
     data, n = map_jpeg(str(searcher.dir), searcher.snapshot.generation, searcher)
@@ -404,13 +462,14 @@ def main() -> None:
         with st.expander("Index another folder"):
             st.caption("New photos are added to the index; unchanged ones are skipped.")
             build_form(index_dir, "more", info.backbone)
+        filters = filter_sidebar(searcher) if info.count else Filters()
     if info.count == 0:
         st.warning("This index is empty. Index a folder of photos (sidebar) to start.")
         return
     view = st.radio("View", ["Search", "Duplicates", "Collection"], horizontal=True, key="view",
                     label_visibility="collapsed")
     if view == "Search":
-        search_view(searcher)
+        search_view(searcher, filters)
     elif view == "Duplicates":
         duplicates_view(searcher)
     else:

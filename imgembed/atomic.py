@@ -1,11 +1,19 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, rename, fsync the folder."""
+"""Atomic file writes: write a temporary file beside the target, fsync, rename, fsync the folder.
+
+The temporary file is created exclusively and never through a symbolic link (``O_EXCL``,
+``O_NOFOLLOW``): whatever a hostile folder holds, a write lands in a new file of ours. It gets the
+mode of any new file (0666 less the umask, so 0644 as a rule, readable by a service user).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+# Flags that create a new regular file of our own: never an existing file, never through a link.
+CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -18,7 +26,7 @@ def fsync_dir(path: str | Path) -> None:
 
 def replace_synced(tmp: str | Path, path: str | Path) -> None:
     """Move a fully written temporary file onto ``path`` durably: fsync it, rename, fsync the folder."""
-    fd = os.open(tmp, os.O_RDONLY)
+    fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
         os.fsync(fd)
     finally:
@@ -27,9 +35,18 @@ def replace_synced(tmp: str | Path, path: str | Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def create_new(path: str | Path) -> int:
+    """A file descriptor of ``path``, created now (mode 0666 less the umask). Raises OSError
+    (FileExistsError, or ELOOP for a link) when anything is there already."""
+    return os.open(path, CREATE_NEW, 0o666)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, tmp_name: str | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically. ``tmp_name``: the temporary file's name in the same
+    folder (a caller that records its temporary files names them); default: a fresh random name."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(tmp_name or f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = create_new(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -45,5 +62,5 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: str | Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: dict, tmp_name: str | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), tmp_name)

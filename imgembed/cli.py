@@ -1,5 +1,5 @@
-"""Command line: ``imgembed index | search | info | duplicates | eval | verify | train-head``. Parses, calls the
-library, prints."""
+"""Command line: ``imgembed index | search | similar | duplicates | info | export | serve | eval | verify |
+train-head``. Parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgembed.config import (
     COMPILE_MODES,
+    DBA_MODES,
     DEFAULT_BACKBONE,
     DEFAULT_INDEX,
     DUPLICATE_PRESETS,
@@ -29,16 +30,27 @@ from imgembed.config import (
     check_device,
     default_index,
 )
-from imgembed.index.format import StoreError
-from imgembed.ingest.reader import ImageSkipped
-from imgembed.model.backbones import BackboneError
-from imgembed.model.head import HeadError
+from imgembed.errors import StoreError
+from imgembed.text import printable
+
+# Only light modules are imported above: torch, PIL and faiss load inside main(), where Ctrl-C
+# during start-up is answered with one line like any other interruption.
 
 logger = logging.getLogger("imgembed")
 
-# Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
-USER_ERRORS = (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, FileNotFoundError,
-               NotADirectoryError, PermissionError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
+
+    OSError last: a full disk, a folder given for a file, a path that is gone."""
+    from imgembed.errors import BackboneError, HeadError, ImageSkipped
+
+    return (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, OSError)
+
+
+def say(line: str, err: bool = False) -> None:
+    """Print one line, control characters escaped: a file name cannot forge another line."""
+    print(printable(line), file=sys.stderr if err else sys.stdout)
 
 
 def show_progress(a: argparse.Namespace) -> bool:
@@ -74,14 +86,52 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=int, default=ReaderCfg.max_bytes, help="skip files larger than this")
 
 
+def _device(name: str) -> str:
+    try:
+        return check_device(name)
+    except ValueError as e:  # argparse shows this message (its own would be "invalid value")
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=BackboneCfg.device, type=check_device,
+    p.add_argument("--device", default=BackboneCfg.device, type=_device,
                    help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
 
 
 def _add_mmap_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mmap", action="store_true",
                    help="memory-map the vector index instead of reading it into memory (large indexes)")
+
+
+def _add_qe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qe", action="store_true",
+                   help="query expansion: fold the 10 best hits into the query and search again (scores are then "
+                        "cosines to the expanded query)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the results to FILE as CSV")
+
+
+def _add_filter_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters (combinable; the k best photos among those that match)")
+    g.add_argument("--under", metavar="FOLDER", help="only photos under FOLDER (a path, or a folder inside the index)")
+    g.add_argument("--after", metavar="DATE", help="taken on or after DATE (2023, 2023-06, 2023-06-01, ...)")
+    g.add_argument("--before", metavar="DATE", help="taken before DATE")
+    g.add_argument("--camera", metavar="TEXT", help="camera make or model contains TEXT (any case)")
+    g.add_argument("--min-width", type=int, metavar="N", help="at least N pixels wide")
+    g.add_argument("--ext", metavar="LIST", help="only these file types, e.g. jpg,heic")
+
+
+def _filters(a: argparse.Namespace):
+    from imgembed.index.filters import Filters
+
+    under = a.under
+    if under and not os.path.isabs(under) and os.path.isdir(under):  # a folder seen from here
+        under = os.path.realpath(under)
+    return Filters(under=under, after=a.after, before=a.before, camera=a.camera, min_width=a.min_width,
+                   ext=a.ext or ())
 
 
 def _reader_cfg(a: argparse.Namespace) -> ReaderCfg:
@@ -103,20 +153,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--head", help="projection head from `imgembed train-head` (vectors become its dim)")
     _add_index_type_arg(p)
+    p.add_argument("--dba", choices=DBA_MODES, default="",
+                   help="database-side augmentation: store each photo's vector averaged with its 10 nearest "
+                        "neighbours' (better class-level search; sticks until changed; default: as the index has it, "
+                        "off for a new one)")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
                    help="commit embedded vectors this often (a crash loses at most this many)")
     _add_ray_args(p)
 
-    p = sub.add_parser("search", help="find the photos most similar to an image (or a text, with CLIP)")
-    p.add_argument("query", help="an image file, or text with --text")
+    p = sub.add_parser("search", help="find the photos most similar to images (or texts, with CLIP)")
+    p.add_argument("query", nargs="*", help="image files or folders of them, or texts with --text")
     _add_index_arg(p)
-    p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-k", type=int, default=10, help="number of results per query")
+    p.add_argument("--text", action="store_true", help="each QUERY is a text (CLIP backbones)")
+    p.add_argument("--from-list", metavar="FILE", help="also every query in FILE, one per line (- reads stdin)")
+    _add_qe_arg(p)
+    _add_output_args(p)
+    _add_filter_args(p)
     _add_device_arg(p)
     _add_mmap_arg(p)
+
+    p = sub.add_parser("similar", help="one shot: the photos of FOLDER most like PHOTO (keeps FOLDER's index in "
+                                       "the cache, updated each time)")
+    p.add_argument("photo", nargs="?", help="an image file (or, with --text, leave it out)")
+    p.add_argument("folder", nargs="?", default=".", help="the folder to search (default: the current one)")
+    p.add_argument("--text", metavar="TEXT", help="describe the photo instead (needs a CLIP --backbone)")
+    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="efficientnet-lite0 (default), open_clip:ARCH:WEIGHTS")
+    _add_qe_arg(p)
+    _add_output_args(p)
+    _add_filter_args(p)
+    _add_device_arg(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="write every photo's metadata and vector: OUT.parquet, OUT.csv or OUT.npy")
+    p.add_argument("out", help=".parquet (metadata + vectors), .csv (metadata) or .npy (vectors, + .csv beside it)")
+    _add_index_arg(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("serve", help="an HTTP API over an index (pip install 'imgembed[serve]')")
+    _add_index_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="file holding the bearer token every request must carry "
+                                        "(or set $IMGEMBED_TOKEN); needed to listen beyond localhost")
+    p.add_argument("--no-token", action="store_true", help="listen beyond localhost without a token (a trusted network)")
+    _add_device_arg(p)
 
     p = sub.add_parser("info", help="what an index holds")
     _add_index_arg(p)
@@ -144,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeat for several heads)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--chart", help="with --head: also write the comparison as a PNG chart")
+    p.add_argument("--no-rerank", action="store_true",
+                   help="with --head: leave out the +DBA, +QE and +DBA+QE rows")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train-head", help="train a projection head on the photos of a folder")
@@ -151,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head file to write (HEAD.safetensors, HEAD.json, HEAD.png)")
     p.add_argument("--dim", type=int, default=TrainCfg.dim, help="embedding dimension")
     p.add_argument("--labels", default=TrainCfg.labels, choices=LABEL_MODES,
-                   help="folders: sub-folder names are classes; none: self-supervised")
+                   help="folders: sub-folder names are classes; none: label-free (neighbourhood distillation, "
+                        "kept only if it beats PCA)")
     p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
     p.add_argument("--loss", default=TrainCfg.loss, choices=LOSSES)
     p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
@@ -191,16 +278,17 @@ def _tqdm_progress(enabled: bool):
 
 def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
     return IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type), head=a.head,
+                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type, dba=getattr(a, "dba", "")),
+                       head=a.head,
                        commit_every=a.commit_every)
 
 
 def _print_summary(summary) -> None:
     """Skipped files on stderr (one line each), then the summary lines."""
     for path, reason in summary.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
     for line in summary.lines():
-        print(line)
+        say(line)
 
 
 def cmd_index(a: argparse.Namespace) -> int:
@@ -221,22 +309,117 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from imgembed.query.search import Searcher
+    from imgembed.api import open_index
+    from imgembed.query.batch import expand
 
-    s = Searcher(a.index, device=a.device, mmap=a.mmap)
-    if a.text:
-        if not s.embedder.has_text:
-            raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
-                             "text search needs an index built with a CLIP backbone (open_clip:...)")
-        hits = s.search_text(a.query, a.k)
+    if not a.query and not a.from_list:
+        raise ValueError("give a query: an image file, a folder of them, --from-list FILE, or a text with --text")
+    queries = expand(a.query, a.from_list, a.text)
+    if not queries:
+        raise ValueError(f"no query images in {', '.join(a.query) or a.from_list}")
+    ix = open_index(a.index, device=a.device, mmap=a.mmap)
+    filters = _filters(a)
+    grouped = len(queries) > 1 or a.from_list is not None or not a.text and any(os.path.isdir(q) for q in a.query)
+    if len(queries) == 1 and not grouped:  # one query: any kind the Python API takes (text, image file)
+        from imgembed.query.batch import Answer
+
+        q = queries[0]
+        hits = ix.text(q, a.k, filters, qe=a.qe) if a.text else ix.search(Path(q), a.k, filters, qe=a.qe)
+        answers = [Answer(q, hits)]
     else:
-        hits = s.search_image_file(a.query, a.k)
+        answers = list(ix.search_many(queries, a.k, filters, text=a.text, qe=a.qe))
+    return _print_answers(answers, a, grouped)
+
+
+def _print_answers(answers: list, a: argparse.Namespace, grouped: bool) -> int:
+    """Results as text or JSON (one list per query when ``grouped``), and as CSV with --csv."""
+    failed = [x for x in answers if x.error]
+    for x in failed:
+        say(f"skipped query {x.query}: {x.error}", err=True)
+    if a.csv:
+        from imgembed.query.export import write_hits_csv
+
+        write_hits_csv(a.csv, answers)
     if a.json:
-        print(json.dumps([{"path": h.path, "score": round(h.score, 6), "width": h.row.width,
-                           "height": h.row.height} for h in hits], indent=2))
+        if grouped:
+            out = [{"query": x.query, **({"error": x.error} if x.error else {}),
+                    "results": [h.as_dict() for h in x.hits]} for x in answers]
+        else:
+            out = [h.as_dict() for h in answers[0].hits]
+        print(json.dumps(out, indent=2))
     else:
-        for rank, h in enumerate(hits, 1):
-            print(f"{rank:3d}  {h.score:.4f}  {h.path}")
+        for n, x in enumerate(answers):
+            if grouped:
+                if n:
+                    say("")
+                say(f"query {x.query}" + (f": skipped ({x.error})" if x.error else ""))
+            _print_hits(x.hits)
+    if failed and len(failed) == len(answers):
+        return 1
+    if failed:
+        say(f"{len(answers) - len(failed)} of {len(answers)} queries answered; {len(failed)} skipped", err=True)
+    return 0
+
+
+def _print_hits(hits: list) -> None:
+    """``rank  score  date  camera  path``; a date from the file's mtime (no EXIF capture time) has a ~."""
+    cams = [h.camera or "-" for h in hits]
+    width = max((len(c) for c in cams), default=1)
+    for rank, (h, cam) in enumerate(zip(hits, cams), 1):
+        date = "-" if not h.taken else ("~" if h.meta.taken_from == "mtime" else " ") + h.taken[:10]
+        say(f"{rank:3d}  {h.score:.4f}  {date:>11s}  {cam:<{width}s}  {h.path}")
+
+
+def cmd_similar(a: argparse.Namespace) -> int:
+    from imgembed.api import open_folder
+    from imgembed.query.batch import Answer
+
+    if a.text is None and a.photo is None:
+        raise ValueError("give a PHOTO, or describe one with --text")
+    if a.text is not None and a.photo is not None:
+        a.photo, a.folder = None, a.photo if a.folder == "." else a.folder  # `similar --text T FOLDER`
+    if a.photo is not None and not os.path.isfile(a.photo):
+        raise FileNotFoundError(f"no such photo: {a.photo}")
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        ix, summary = open_folder(a.folder, a.backbone, a.device, progress=update)
+    finally:
+        close()
+    for path, reason in summary.skipped:
+        say(f"skipped {path}: {reason}", err=True)
+    say(f"{summary.lines()[0]} ({ix.path})", err=True)
+    filters = _filters(a)
+    hits = (ix.text(a.text, a.k, filters, qe=a.qe) if a.text is not None
+            else ix.similar(a.photo, a.k, filters, qe=a.qe))
+    return _print_answers([Answer(a.text if a.text is not None else a.photo, hits)], a, grouped=False)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from imgembed.api import open_index
+
+    ix = open_index(a.index)
+    bar = tqdm(total=ix.info().count, desc="export", unit="img", disable=not show_progress(a), dynamic_ncols=True)
+    try:
+        summary = ix.export(a.out, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    for line in summary.lines():
+        say(line)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from imgembed.serve.http_api import ServeCfg, serve
+
+    token = None
+    if a.token_file:
+        token = Path(a.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"{a.token_file} is empty; put the bearer token in it")
+    token = token or os.environ.get("IMGEMBED_TOKEN") or None
+    serve(ServeCfg(index=a.index, host=a.host, port=a.port, token=token, allow_no_token=a.no_token, device=a.device))
     return 0
 
 
@@ -247,11 +430,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(asdict(info), indent=2))
     else:
-        print(f"index      {info.path}\nimages     {info.count}\ndim        {info.dim}\n"
-              f"backbone   {info.backbone}\nhead       {info.head or 'none'}\n"
-              f"index type {info.index_type or 'empty'}"
-              f"{f' (nprobe {info.nprobe})' if info.nprobe else ''}\nmetric     {info.metric}\n"
-              f"generation {info.generation}\non disk    {info.disk_bytes / 2**20:.1f} MiB")
+        for line in (f"index      {info.path}", f"images     {info.count}", f"dim        {info.dim}",
+                     f"backbone   {info.backbone}", f"head       {info.head or 'none'}",
+                     f"index type {info.index_type or 'empty'}" + (f" (nprobe {info.nprobe})" if info.nprobe else ""),
+                     f"DBA        {info.dba}", f"metric     {info.metric}", f"generation {info.generation}",
+                     f"on disk    {info.disk_bytes / 2**20:.1f} MiB"):
+            say(line)
     return 0
 
 
@@ -273,35 +457,36 @@ def cmd_duplicates(a: argparse.Namespace) -> int:
         print(json.dumps(report_dict(report), indent=2))
         return 0
     for n, g in enumerate(report.groups, 1):
-        print(f"group {n}: {len(g.members)} photos, {g.kind}; keep {shown(g.keeper.row.path)} ({g.reason})")
+        say(f"group {n}: {len(g.members)} photos, {g.kind}; keep {shown(g.keeper.row.path)} ({g.reason})")
         for m in g.members:
             mark = "keep" if m.row.id == g.keeper.row.id else "    "
-            print(f"  {mark}  {m.score:6.3f}  {m.row.size / 1024:8.0f} KiB  {m.row.width:>5}x{m.row.height:<5}  "
-                  f"{m.kind:<15}  {shown(m.row.path)}  ({m.evidence})")
+            say(f"  {mark}  {m.score:6.3f}  {m.row.size / 1024:8.0f} KiB  {m.row.width:>5}x{m.row.height:<5}  "
+                f"{m.kind:<15}  {shown(m.row.path)}  ({m.evidence})")
     print(report.summary())
     if report.stats.get("missing copy data"):
-        print(f"{report.stats['missing copy data']} photos have no copy-detection data yet: run imgembed index on "
-              "their folders (nothing is embedded again)", file=sys.stderr)
+        say(f"{report.stats['missing copy data']} photos have no copy-detection data yet: run imgembed index on "
+            "their folders (nothing is embedded again)", err=True)
     if a.csv:
-        print(f"wrote {a.csv}")
+        say(f"wrote {a.csv}")
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from imgembed.learn.evaluate import project, score
+    from imgembed.learn.evaluate import metrics_row, project
     from imgembed.model.embedder import Embedder
 
     if a.head:
         return _eval_compare(a)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
     data = _eval_features(a, embedder)
-    m = score(project(embedder, data.q_feats), project(embedder, data.g_feats), data)
+    m = metrics_row(a.backbone, project(embedder, data.q_feats), project(embedder, data.g_feats), data)
     name = f"{a.backbone} ({embedder.dim}-d)"
-    print(f"{name}: {m.n_queries} queries, {m.n_gallery} gallery")
-    print(f"mAP {100 * m.mAP:.1f}  P@5 {100 * m.precision_at[5]:.1f}  "
-          f"R@1 {100 * m.recall_at[1]:.1f}  R@5 {100 * m.recall_at[5]:.1f}  R@10 {100 * m.recall_at[10]:.1f}")
+    say(f"{name}: {len(data.q_labels)} queries, {len(data.g_labels)} gallery")
+    say(f"mAP {100 * m['mAP']:.1f} (95% interval {100 * m['mAP_lo']:.1f}-{100 * m['mAP_hi']:.1f})  "
+        f"P@5 {100 * m['P@5']:.1f}  R@1 {100 * m['R@1']:.1f}  R@5 {100 * m['R@5']:.1f}  R@10 {100 * m['R@10']:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m.as_dict()}, indent=2))
+        m.update(n_queries=len(data.q_labels), n_gallery=len(data.g_labels))
+        Path(a.json).write_text(json.dumps({"embedder": embedder.identity(), "metrics": m}, indent=2))
     return 0
 
 
@@ -317,12 +502,13 @@ def _eval_features(a: argparse.Namespace, embedder):
     finally:
         close()
     for path, reason in data.failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        say(f"skipped {path}: {reason}", err=True)
     return data
 
 
 def _eval_compare(a: argparse.Namespace) -> int:
     from imgembed.learn.evaluate import compare, format_table, load_heads
+    from imgembed.learn.head_files import other_collection
     from imgembed.learn.plots import plot_comparison
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
@@ -330,9 +516,18 @@ def _eval_compare(a: argparse.Namespace) -> int:
     backbone = create_backbone(_backbone_cfg(a))
     heads = load_heads(a.head, backbone)
     data = _eval_features(a, Embedder(backbone, device=a.device, compile=a.compile))
-    rows = compare(data, heads)
-    print(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
-    print(format_table(rows))
+    for path in a.head:
+        warning = other_collection(path, data.g_feats)
+        if warning:
+            say(f"warning: {warning}", err=True)
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        rows = compare(data, heads, rerank=not a.no_rerank, progress=lambda d, t: update("rows", d, t))
+    finally:
+        close()
+    say(f"{len(data.q_labels)} queries ({a.queries}), {len(data.g_labels)} gallery ({a.gallery}), {a.backbone}")
+    for line in format_table(rows).splitlines():
+        say(line)
     if a.json:
         Path(a.json).write_text(json.dumps({"backbone": a.backbone, "gallery": a.gallery, "queries": a.queries,
                                             "heads": a.head, "rows": rows}, indent=2))
@@ -345,7 +540,7 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imgembed.learn.folders import load_training_features
-    from imgembed.learn.head_files import save_trained_head
+    from imgembed.learn.head_files import collection_record, save_trained_head
     from imgembed.learn.train import train_head
     from imgembed.model.embedder import Embedder
 
@@ -365,8 +560,10 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     finally:
         close()
     for path, reason in failures:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    bar = tqdm(total=cfg.epochs, desc="epochs", unit="ep", disable=not show, dynamic_ncols=True)
+        say(f"skipped {path}: {reason}", err=True)
+    # label-free: one closed-form fit, scored against its PCA start (two steps)
+    bar = tqdm(total=cfg.epochs if cfg.labels == "folders" else 1, desc="epochs" if cfg.labels == "folders" else "fit",
+               unit="ep", disable=not show, dynamic_ncols=True)
 
     def on_epoch(rec: dict) -> None:
         bar.update(rec["epoch"] - bar.n)
@@ -376,9 +573,10 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch)
     finally:
         bar.close()
-    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()))
-    print(result.describe(cfg))
-    print(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
+    weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),
+                                     collection=collection_record(a.folder, x))
+    say(result.describe(cfg))
+    say(f"wrote {weights}, {weights.with_suffix('.json')}, {png}")
     return 0
 
 
@@ -386,7 +584,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
     from imgembed.index.verify import repair, verify
 
     report = repair(a.index, a.drop_missing, a.wait) if a.repair else verify(a.index)
-    print("\n".join(report.lines()))
+    for line in report.lines():
+        say(line)
     return 0 if report.ok else 1
 
 
@@ -423,13 +622,13 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
         summary = embed_to_shards(a.folder, a.shards_out, _job_cfg(a),
                                   RayCfg(address=a.ray_address, shard_size=a.shard_size), progress=update)
     except JobFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         return 1
     finally:
         close()
     _print_summary(summary)
     if a.shards_only:
-        print(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
+        say(f"build the index with: imgembed build-index --from-shards {a.shards_out} --index {a.index}")
         return 0
     return _build_index(a.shards_out, a)
 
@@ -448,29 +647,50 @@ def _build_index(shards_dir: str, a: argparse.Namespace) -> int:
     finally:
         close()
     for line in summary.lines():
-        print(line)
+        say(line)
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "duplicates": cmd_duplicates, "eval": cmd_eval,
-            "verify": cmd_verify, "train-head": cmd_train_head, "build-index": cmd_build_index}
+COMMANDS = {"index": cmd_index, "search": cmd_search, "similar": cmd_similar, "duplicates": cmd_duplicates,
+            "info": cmd_info, "export": cmd_export, "serve": cmd_serve, "eval": cmd_eval, "verify": cmd_verify,
+            "train-head": cmd_train_head, "build-index": cmd_build_index}
+
+
+# Commands that write an index; an interruption of one of them says what became of it.
+_WRITERS = ("index", "verify", "build-index")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 user error, 2 usage, 130 interrupted)."""
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    """Entry point; returns the exit status (0 ok, 1 user error, 2 usage, 130 interrupted, 141 when
+    the reader of the output went away, as for a program killed by SIGPIPE)."""
+    command = None
     try:
-        return COMMANDS[a.command](a)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        a = build_parser().parse_args(argv)
+        command = a.command
+        logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        errors = user_errors()
+        try:
+            rc = COMMANDS[a.command](a)
+            sys.stdout.flush()  # here, not at exit, so that a closed pipe is seen below
+            return rc
+        except BrokenPipeError:
+            raise
+        except errors as e:
+            say(f"error: {e}", err=True)
+            return 1
     except KeyboardInterrupt:
-        print("interrupted: the index still holds its last complete state, and the vectors computed so "
-              "far are kept; run the same command again to finish", file=sys.stderr)
+        say("interrupted: the index still holds its last complete state, and the vectors computed so far "
+            "are kept; run the same command again to finish" if command in _WRITERS else "interrupted", err=True)
         return 130
+    except BrokenPipeError:  # `imgembed search ... | head -1`: the rest of the output is not wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+        except (OSError, ValueError):  # stdout is no file (a test's capture)
+            pass
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

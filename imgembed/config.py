@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -21,11 +22,18 @@ LABEL_MODES = ("folders", "none")  # imgembed.learn.train
 LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
 # imgembed.query.copies: same pixels; edited copies of one photo (the default); near-identical scenes
 DUPLICATE_PRESETS = ("exact", "copies", "similar")
+DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
 
 
 def default_index() -> str:
     """``$IMGEMBED_INDEX``, else :data:`DEFAULT_INDEX` (relative to the working folder)."""
     return os.environ.get("IMGEMBED_INDEX") or DEFAULT_INDEX
+
+
+def cache_dir() -> Path:
+    """Where imgembed keeps what it can recompute: ``$IMGEMBED_CACHE_DIR``, else ``~/.cache/imgembed``
+    (backbone features; the per-folder indexes of ``imgembed similar``)."""
+    return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
 
 
 def check_device(name: str) -> str:
@@ -43,6 +51,23 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# Image formats imgembed reads: file suffix -> the Pillow plugin that decodes it. Files are opened
+# with these plugins only, whatever their bytes claim to be (a PostScript file named .jpg must never
+# reach Pillow's EPS plugin, which runs Ghostscript on it). ReaderCfg.extensions, the app's upload
+# types and the reader's plugin list all come from here. HEIF (.heic/.heif, the iPhone default) is
+# decoded by pillow-heif's plugin, AVIF by Pillow's own.
+IMAGE_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+    ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF",
+}
+# Query images (an upload in the app, `imgembed search FILE`) may declare at most this many pixels:
+# fewer than for indexing, since several users of the app may decode at once (README, "Bad input").
+QUERY_MAX_PIXELS = 50_000_000
+# The largest upload the app and the HTTP API accept (the app's browser limit is
+# server.maxUploadSize in .streamlit/config.toml, in MB).
+MAX_UPLOAD_MB = 25
+
+
 @dataclass
 class ReaderCfg:
     # A declared width x height above this is refused before decoding (decompression bombs).
@@ -54,10 +79,18 @@ class ReaderCfg:
     jpeg_draft: bool = True
     # Follow symlinked files (symlinked directories are never followed: they can loop).
     follow_symlinks: bool = True
-    # Lower-case file suffixes that are considered images.
-    extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
-    )
+    # Lower-case file suffixes that are considered images (keys of IMAGE_FORMATS).
+    extensions: tuple[str, ...] = tuple(IMAGE_FORMATS)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The Pillow plugins allowed to open a file: those of :attr:`extensions`."""
+        return tuple(dict.fromkeys(IMAGE_FORMATS[e] for e in self.extensions if e in IMAGE_FORMATS))
+
+
+def query_reader_cfg() -> ReaderCfg:
+    """The reader settings for a query image: :data:`QUERY_MAX_PIXELS` instead of the index limit."""
+    return ReaderCfg(max_pixels=QUERY_MAX_PIXELS)
 
 
 @dataclass
@@ -95,12 +128,15 @@ class IndexCfg:
     # this (against exact search); 0 keeps the probes above.
     target_recall: float = 0.95
     pq_m: int = 0  # 0 = choose from the dimension (dim / 4 sub-quantisers of 8 bits)
+    # Database-side augmentation (DBA_MODES): "on" stores each photo's vector averaged with its 10
+    # nearest neighbours' (imgembed.index.dba). "" keeps what the index has (off for a new index).
+    dba: str = ""
 
 
 @dataclass
 class TrainCfg:
     dim: int = 128  # output dimension
-    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": self-supervised
+    labels: str = "folders"  # LABEL_MODES: "folders": sub-folder names are classes; "none": label-free
     loss: str = "supcon"  # one of LOSSES (imgembed.learn.losses)
     hidden: int = 0  # 0 = linear head; > 0 adds a residual MLP branch (starts at zero)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
@@ -110,9 +146,9 @@ class TrainCfg:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1  # supcon
-    val_fraction: float = 0.1  # held out of the training photos when no validation set is given
-    # Self-supervised: k-means clusterings at sizes base/2, base, 2*base; base 0 = sqrt(N / 4).
-    clusters: int = 0
+    # Held out of the training photos when no validation set is given (supervised: early stopping;
+    # label-free: the keep-or-PCA decision).
+    val_fraction: float = 0.1
     seed: int = 0
 
 

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -24,13 +24,17 @@ from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
 from imgembed.ingest.copy_data import VERSION as COPY_DATA_VERSION
 from imgembed.ingest.copy_data import copy_data_of_file
-from imgembed.ingest.reader import ImageSkipped, hash_file
-from imgembed.model.embedder import Embedder
-from imgembed.model.head import head_paths
-from imgembed.model.pipeline import embed_files
+from imgembed.ingest.metadata import PhotoMeta, with_fallback
+from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
 from imgembed.model.source import EmbedderSource
+from imgembed.text import printable
+
+if TYPE_CHECKING:  # the model code (and torch) is imported only when something is embedded
+    from imgembed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
+
+NON_FINITE = "the model gave a vector that is not finite (NaN or infinity); check the backbone and the head"
 
 # progress(stage, done, total): stage is "hash", "embed" or "copies"
 Progress = Callable[[str, int, int], None]
@@ -44,7 +48,11 @@ class IndexSummary:
     reused: int = 0  # new paths whose content the index already had (renames, copies)
     unchanged: int = 0
     removed: int = 0  # deleted or changed files whose old entry was dropped
+    metadata: int = 0  # photos indexed before metadata was recorded whose metadata was read now
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
+    taken_in: list[tuple[str, int]] = field(default_factory=list)  # (folder inside the root indexed before, entries)
+    moved: list[tuple[str, int]] = field(default_factory=list)  # (vanished folder, entries whose photos are here)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     total: int = 0  # entries in the index after the run
@@ -60,11 +68,19 @@ class IndexSummary:
         out = [
             f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
             f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
+            *([self.unread] if self.unread else []),
+            *(f"took in the {n} entries of {path}, indexed before as a folder of its own (none embedded again)"
+              for path, n in self.taken_in),
+            *(f"dropped {n} entries of {path}: that folder is gone and the same photos are in this one"
+              for path, n in self.moved),
             f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
             + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
         ]
         if self.copy_data:
             out.append(f"copy-detection data for {self.copy_data} photos (imgembed duplicates)")
+        if self.metadata:
+            out.append(f"metadata (capture time, camera, GPS) read for {self.metadata} photos indexed before; "
+                       "nothing re-embedded")
         if self.publish is not None:
             out.append(self.publish.describe())
         return out
@@ -86,20 +102,29 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
     summary = IndexSummary(str(root))
     recorded = read_manifest(index_dir) if (Path(index_dir) / MANIFEST).is_file() else None
     source = EmbedderSource(cfg.backbone, cfg.head, index_dir, recorded, embedder)
-    heads = head_paths(cfg.head) if cfg.head else ()
+    if cfg.head:
+        from imgembed.model.head import head_paths
+
+        heads = head_paths(cfg.head)
+    else:
+        heads = ()
     with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
         if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
             source.get()
-        root_id = store.root_id(root)
+        root_id = store.root_id(root)  # refused when inside a folder the index holds
+        summary.taken_in = [(fs.display(p), n) for p, n in store.take_in_roots_below(root_id)]
         scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
+        summary.unread = scan.unread_line()
         todo = _drop_changed(store, root_id, scan.files, summary)
+        _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo and store.has_vectors():
             todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
         if todo:
             _embed(store, root, root_id, todo, source.get(), cfg, summary, progress)
         _add_copy_data(store, root, root_id, cfg, summary, progress)
+        summary.moved = [(fs.display(p), n) for p, n in store.drop_moved(root_id)]
         summary.publish = store.publish()
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
@@ -129,30 +154,64 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
     """Record files whose content the index already has; return the ones still to embed."""
 
     def one(f: fs.FileEntry):
+        path = fs.abspath(root, f.relpath)
         try:
-            return f, hash_file(fs.abspath(root, f.relpath), cfg.reader), None
+            return f, hash_file(path, cfg.reader), None, read_metadata(path, cfg.reader)
         except ImageSkipped as e:
-            return f, None, str(e)
+            return f, None, str(e), None
 
     hashed = []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for n, (f, digest, err) in enumerate(pool.map(one, todo), 1):
+        for n, (f, digest, err, meta) in enumerate(pool.map(one, todo), 1):
             if err:
                 summary.skipped.append((fs.display(f.relpath), err))
             else:
-                hashed.append((f, digest))
+                hashed.append((f, digest, meta))
             if progress:
                 progress("hash", n, len(todo))
-    known = store.known_hashes(d for _, d in hashed)
+    known = store.known_hashes(d for _, d, _ in hashed)
     dims = store.dims_of(known)
-    reuse = [NewFile(f.relpath, f.size, f.mtime_ns, d, *dims[d]) for f, d in hashed if d in known]
+    reuse = [_new_file(f, d, dims[d], m) for f, d, m in hashed if d in known]
     store.add(root_id, reuse)
     summary.reused = len(reuse)
-    return [f for f, d in hashed if d not in known]
+    return [f for f, d, _ in hashed if d not in known]
+
+
+def _new_file(f: fs.FileEntry, digest: str, size: tuple[int, int], meta: PhotoMeta) -> NewFile:
+    return NewFile(f.relpath, f.size, f.mtime_ns, digest, *size, *with_fallback(meta, f.mtime_ns))
+
+
+def _fill_metadata(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCfg, summary: IndexSummary,
+                   progress: Progress | None) -> None:
+    """Read the metadata of photos indexed before it was recorded (an index made by an older
+    imgembed, or by build-index): file headers only, no decoding, no embedding."""
+    missing = store.missing_meta(root_id)
+    if not missing:
+        return
+
+    def one(item: tuple[int, bytes, int]) -> tuple[int, NewFile]:
+        file_id, rel, mtime_ns = item
+        meta = read_metadata(fs.abspath(root, rel), cfg.reader)
+        return file_id, NewFile(rel, 0, mtime_ns, "", 0, 0, *with_fallback(meta, mtime_ns))
+
+    done = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for n, item in enumerate(pool.map(one, missing), 1):
+            done.append(item)
+            if len(done) >= cfg.commit_every:
+                store.set_meta(done)
+                summary.metadata += len(done)
+                done = []
+            if progress:
+                progress("metadata", n, len(missing))
+    store.set_meta(done)
+    summary.metadata += len(done)
 
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
            cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> None:
+    from imgembed.model.pipeline import embed_files
+
     by_rel = {f.relpath: f for f in todo}
     items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
     pending: list[NewFile] = []
@@ -162,12 +221,16 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     for batch in embed_files(items, embedder, cfg.reader, cfg.embed):
         for rel, reason in batch.failures:
             summary.skipped.append((fs.display(rel), reason))
-            logger.info("skipped %s: %s", fs.display(rel), reason)  # the summary lists every skip once
-        if batch.keys:
-            vecs.append(batch.vectors)
-            for rel, (w, h), digest in zip(batch.keys, batch.sizes, batch.digests):
-                f = by_rel[rel]
-                pending.append(NewFile(rel, f.size, f.mtime_ns, digest, w, h))
+            logger.info("skipped %s: %s", printable(fs.display(rel)), printable(reason))  # the summary lists every skip once
+        finite = np.isfinite(batch.vectors).all(axis=1) if batch.keys else []
+        for rel, ok in zip(batch.keys, finite):
+            if not ok:  # stored, it would make every search come back empty
+                summary.skipped.append((fs.display(rel), NON_FINITE))
+        if batch.keys and finite.any():
+            vecs.append(batch.vectors[finite])
+            for rel, size, digest, meta, ok in zip(batch.keys, batch.sizes, batch.digests, batch.metas, finite):
+                if ok:
+                    pending.append(_new_file(by_rel[rel], digest, size, meta))
         done += len(batch.keys) + len(batch.failures)
         if len(pending) >= cfg.commit_every:
             _flush(store, root_id, pending, vecs, summary)

@@ -18,7 +18,7 @@ from imgembed.query.search import Searcher
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 HAT = ASSETS / "hat" / "2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg"
-SCORE = re.compile(r"^\*\*(-?\d\.\d{3})\*\* · (.*)$")
+SCORE = re.compile(r"^\*\*(-?\d\.\d{3})\*\* · ([^\n]*?)(?:  \n(.*))?$", re.S)  # score · name, date · camera
 
 
 @pytest.fixture(scope="session")
@@ -230,6 +230,39 @@ def test_text_query_with_a_clip_backbone(photos, tmp_path, monkeypatch, tiny_cli
     latency_ms(at)
 
 
+def test_sidebar_filters_narrow_the_results_and_captions_show_date_and_camera(tmp_path, monkeypatch):
+    from helpers import encode, make_photo
+
+    folder = tmp_path / "photos"
+    write_photos(folder / "old", 6)
+    (folder / "phone").mkdir()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Apple", "iPhone 15"
+    exif.get_ifd(0x8769)[0x9003] = "2023:06:01 10:00:00"
+    for i in range(3):
+        data = encode(make_photo(30 + i, size=(160, 120)), "HEIF", exif=exif.tobytes())
+        (folder / "phone" / f"IMG_{i}.HEIC").write_bytes(data)
+    ix = index_tiny(folder, tmp_path / "ix")
+    at = start(monkeypatch, ix)
+    upload(at, "q.heic", (folder / "phone" / "IMG_0.HEIC").read_bytes(), "image/heic")  # a phone upload
+    caps = [c for im in at.get("image") for c in im.captions if SCORE.match(c)]
+    assert len(caps) == 9
+    assert sum("2023\\-06\\-01 · Apple iPhone 15" in c for c in caps) == 3  # date and camera
+    assert sum("\\~" in c.split("\n")[-1] for c in caps) == 6  # no EXIF: the file's date, marked
+    at.selectbox(key="f_camera").set_value("Apple iPhone 15").run()
+    assert [n.split("/")[0] for _, n in results(at)] == ["phone"] * 3
+    at.selectbox(key="f_camera").set_value(None).run()
+    at.multiselect(key="f_ext").set_value(["jpg"]).run()
+    assert len(results(at)) == 6
+    at.selectbox(key="f_under").set_value("phone").run()
+    assert results(at) == [] and any("No photo matches these filters" in i.value for i in at.info)
+    at.multiselect(key="f_ext").set_value([]).run()
+    import datetime
+
+    at.date_input(key="f_after").set_value(datetime.date(2023, 1, 1)).run()
+    assert len(results(at)) == 3 and not at.exception
+
+
 def test_pick_from_index_escapes_names_and_survives_missing_files(tmp_path, monkeypatch):
     folder = tmp_path / "photos"
     write_photos(folder, 6)
@@ -286,3 +319,22 @@ def test_mismatched_index_is_explained(photos, tmp_path, monkeypatch):
     at = start(monkeypatch, ix)
     assert len(at.error) == 1 and "was built with" in at.error[0].value
     assert not at.file_uploader  # no search page on an index it cannot read correctly
+
+
+def test_hostile_uploads_and_names(tmp_path, monkeypatch):
+    """A PostScript file named .jpg reaches no other Pillow plugin, a query image declaring 64 MP is
+    refused (the upload limit is 50 MP), and a name with control characters is shown escaped."""
+    from helpers import EPS, declared_png
+
+    folder = tmp_path / "photos"
+    write_photos(folder, 5)
+    (folder / "img0000.jpg").rename(folder / "evil\x1b[2J\nname.jpg")
+    at = start(monkeypatch, index_tiny(folder, tmp_path / "ix"))
+    for name, data, why in [("holiday.jpg", EPS, "not an image"),
+                            ("wide.png", declared_png(8000, 8000), "above the 50 MP limit")]:
+        upload(at, name, data)
+        assert len(at.error) == 1 and why in at.error[0].value, (name, at.error)
+    upload(at, "fine.jpg", (folder / "img0001.jpg").read_bytes())
+    shown = [c for im in at.get("image") for c in im.captions] + [m.value for m in at.markdown]
+    assert any("evil\\\\x1b\\[2J\\\\nname\\.jpg" in c for c in shown), shown
+    assert not any("\x1b" in c or "\n" in c.replace("  \n", "") for c in shown)

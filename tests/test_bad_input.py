@@ -8,14 +8,24 @@ import errno
 import os
 import re
 import shutil
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, TINY, encode, make_photo, write_photos
+from helpers import (
+    EPS,
+    ROOT,
+    SRGB_PRIMARIES,
+    TINY,
+    declared_png,
+    encode,
+    icc_profile,
+    lying_jpeg,
+    make_photo,
+    write_photos,
+    xmp_png,
+)
 from helpers import tiny_cfg as cfg
 from PIL import Image
 
@@ -24,17 +34,6 @@ from imgembed.index.verify import verify
 from imgembed.indexer import index_folder
 from imgembed.ingest import fs, reader
 from imgembed.query.search import Searcher
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def declared_png(w: int, h: int) -> bytes:
-    """A PNG header declaring ``w x h`` grey pixels, with almost no pixel data: a bomb's shape."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
 
 
 def exif_rotated(upright: Image.Image, fmt: str) -> bytes:
@@ -89,6 +88,19 @@ def build_corpus(root: Path, outside: Path) -> dict[bytes, tuple[str, str]]:
     put("replaced_by_fifo.jpg", good, SKIPPED, r"not a regular file")
     put("replaced_by_photo.jpg", good, INDEXED)
     put(b"caf\xe9-latin1.jpg", good, INDEXED)  # not valid UTF-8
+    # Hostile and unusual files of the second reliability round.
+    put("holiday.jpg", EPS, SKIPPED, r"^not an image \(format not recognised\)$")  # never reaches Ghostscript
+    put("one_byte.jpg", b"\xff", SKIPPED, r"^not an image \(format not recognised\)$")
+    put("lying_header.jpg", lying_jpeg(4000, 3000), SKIPPED,
+        r"^broken image: declares 4000x3000 but its \d+ bytes cannot hold that many pixels .*ends early$")
+    put("float_0_to_1.tif", encode(Image.new("F", (64, 48), 0.8), "TIFF"), INDEXED)
+    put("xmp_metadata.png", xmp_png(), INDEXED)
+    swapped = icc_profile(SRGB_PRIMARIES[::-1], "wide gamut")
+    put("wide_gamut.jpg", encode(make_photo(8), "JPEG", icc_profile=swapped), INDEXED)
+    for name in ("clip.MOV", "IMG_0001.cr2", "IMG_0002.CR2", "pic.dng"):  # counted, not read (camera RAW)
+        (root / name).write_bytes(b"\0" * 16)
+    (root / ".trip").mkdir()  # a hidden folder: counted, not entered
+    (root / ".trip" / "beach.jpg").write_bytes(good)
     put(LONG_NAME, good, INDEXED)
     os.symlink("loop.jpg", root / "loop.jpg")
     expect[b"loop.jpg"] = (SKIPPED, r"cannot stat: Too many levels of symbolic links")
@@ -177,6 +189,7 @@ def test_bad_input_corpus_is_indexed_or_skipped_with_a_reason(corpus, tmp_path, 
         assert re.search(expect[name][1], reason), (name, reason)
     n_indexed = sum(o == INDEXED for o, _ in expect.values())
     assert f"indexed {n_indexed}, " in out and f"skipped {len(want_skipped)};" in out
+    assert "not read: 2 .cr2, 1 .dng, 1 .mov, 1 hidden folder (.trip)" in out.splitlines()
     assert f"{n_indexed} images in the index" in out
 
     snap = Searcher(tmp_path / "ix").snapshot

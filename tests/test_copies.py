@@ -103,7 +103,7 @@ def test_similar_preset_keeps_the_copies_and_a_threshold_groups_by_cosine(collec
 
 
 def _copy_migration() -> int:
-    return next(i for i, m in enumerate(index_format.MIGRATIONS) if "CREATE TABLE copy_data" in m)
+    return next(i for i, m in enumerate(index_format.MIGRATIONS) if "copy_data (hash" in m)
 
 
 def test_an_index_from_before_the_migration_gets_copy_data_without_reembedding(collection, tmp_path):

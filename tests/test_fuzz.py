@@ -1,4 +1,4 @@
-"""Fuzzing the decoder: nothing but ImageSkipped escapes either image-loading entry point."""
+"""Fuzzing the decoder: nothing but ImageSkipped escapes any image-loading entry point."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import tempfile
 
 import numpy as np
-from helpers import encode, make_photo
+from helpers import SRGB_PRIMARIES, encode, icc_profile, make_photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -34,7 +34,28 @@ def _seeds() -> list[bytes]:
         encode(base, "WEBP"),
         encode(base, "BMP"),
         encode(base, "TIFF"),
+        # The formats and features of the hostile-files issue: float and 16-bit TIFF, an ICC profile,
+        # PNG text chunks, lossless WebP with alpha, a PostScript file, and an image large enough to
+        # be reduced before it is converted.
+        encode(Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255, "F"), "TIFF"),
+        encode(Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257), "TIFF"),
+        encode(base, "JPEG", icc_profile=icc_profile(SRGB_PRIMARIES[::-1], "fuzz profile")),
+        encode(base, "PNG", pnginfo=_text_chunks()),
+        encode(base.convert("RGBA"), "WEBP", lossless=True),
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        encode(make_photo(23, size=(256, 200)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG"),
+        encode(base, "HEIF", quality=80, exif=exif.tobytes()),
+        encode(base, "AVIF", quality=80, exif=exif.tobytes()),
     ]
+
+
+def _text_chunks():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" * 20, zip=True)
+    info.add_text("Comment", "fuzz", zip=True)
+    return info
 
 
 SEEDS = _seeds()
@@ -61,17 +82,30 @@ def mutated_images(draw) -> bytes:
     return bytes(data)
 
 
+def _thumbnail(path: str) -> Image.Image:
+    from imgembed.query.thumbnails import thumbnail
+
+    return thumbnail(path, 32, ReaderCfg(max_pixels=4_000_000))
+
+
 def _decode_or_skip(data: bytes, tmp: str) -> None:
-    """The two image-loading entry points: bytes (uploads) and files (indexing)."""
+    """The image-loading entry points: bytes (uploads), files (indexing) and thumbnails."""
     with open(tmp, "wb") as f:
         f.write(data)
+    # Metadata is best effort: whatever the bytes, a PhotoMeta comes back and nothing is raised.
+    assert isinstance(reader.metadata_of(data, ReaderCfg()), reader.PhotoMeta)
+    assert isinstance(reader.read_metadata(tmp, ReaderCfg()), reader.PhotoMeta)
     for call in (lambda: reader.decode_query(data, PRE, ReaderCfg(max_pixels=4_000_000)),
-                 lambda: reader.decode_file(tmp, PRE, ReaderCfg(max_pixels=4_000_000))):
+                 lambda: reader.decode_file(tmp, PRE, ReaderCfg(max_pixels=4_000_000)),
+                 lambda: _thumbnail(tmp)):
         try:
             out = call()
         except reader.ImageSkipped as e:
             msg = str(e)
             assert msg and "\n" not in msg
+            continue
+        if isinstance(out, Image.Image):
+            assert out.mode == "RGB" and out.size == (32, 32)
             continue
         pixels = out.pixels if isinstance(out, reader.Decoded) else out
         assert tuple(pixels.shape[-3:]) == (3, 32, 32) and str(pixels.dtype) == "torch.uint8"
@@ -87,7 +121,8 @@ def test_fuzz_mutated_images_only_raise_image_skipped(data):
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True)
 @given(data=st.one_of(st.binary(max_size=2048),
-                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0"])
+                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0",
+                                       b"\0\0\0\x18ftypheic", b"\0\0\0\x1cftypavif"])
                       .flatmap(lambda magic: st.binary(max_size=1024).map(lambda rest: magic + rest))))
 def test_fuzz_random_bytes_only_raise_image_skipped(data):
     with tempfile.NamedTemporaryFile(suffix=".img") as f:

@@ -84,12 +84,17 @@ def test_vanished_files_are_a_warning_and_repair_drops_them_on_request(photos, t
     index_folder(photos, ix, cfg())
     for p in sorted(photos.rglob("*.jpg"))[:3]:
         p.unlink()
-    (ix / ".vectors.7.faiss.tmp").write_bytes(b"x")  # what a killed publish leaves
+    with _db(ix) as con:  # what a killed publish leaves: a file it recorded before creating it
+        con.execute("INSERT INTO scratch VALUES ('.vectors.7.faiss.tmp')")
+    (ix / ".vectors.7.faiss.tmp").write_bytes(b"x")
+    (ix / ".notes.tmp").write_bytes(b"mine")  # not imgembed's: reported, never deleted
     assert cli.main(["verify", "--index", str(ix)]) == 0
     out = capsys.readouterr().out
     assert "warning: 3 recorded files no longer exist" in out and "note: files left by an interrupted run" in out
+    assert "note: files imgembed did not make: .notes.tmp" in out
     assert cli.main(["verify", "--index", str(ix), "--repair"]) == 0
     assert "nothing needed repair" in capsys.readouterr().out and not (ix / ".vectors.7.faiss.tmp").exists()
+    assert (ix / ".notes.tmp").read_bytes() == b"mine"
     assert cli.main(["verify", "--index", str(ix), "--repair", "--drop-missing"]) == 0
     out = capsys.readouterr().out
     assert "dropped 3 entries of files that no longer exist" in out and "warning" not in out

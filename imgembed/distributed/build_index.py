@@ -56,7 +56,8 @@ def build_index(shards_dir: str | Path, index_dir: str | Path, index_cfg: IndexC
     identity = m["identity"]
     summary = BuildSummary()
     with StoreWriter(index_dir, identity, index_cfg or IndexCfg(), head_files=heads, wait=wait) as store:
-        root_id = store.root_id(m["root"])
+        root_id = store.root_id(m["root"])  # refused when inside a folder the index holds
+        store.take_in_roots_below(root_id)
         live = store.live_files(root_id)
         seen: set[bytes] | None = set() if live else None  # only needed to find files that went away
         for i, chunk in iter_shards(d):
@@ -65,6 +66,9 @@ def build_index(shards_dir: str | Path, index_dir: str | Path, index_cfg: IndexC
             summary.failed += len(chunk.failures)
             keep, vecs, drop = [], [], []
             for f, v in zip(chunk.files, chunk.vectors):
+                if not np.isfinite(v).all():  # a broken model: counted with the files not embedded
+                    summary.failed += 1
+                    continue
                 old = live.get(f.relpath)
                 if seen is not None:
                     seen.add(f.relpath)

@@ -25,12 +25,14 @@ from typing import Callable
 
 import numpy as np
 
+from imgembed.atomic import atomic_write_bytes
 from imgembed.config import IndexJobCfg
 from imgembed.distributed import shards
 from imgembed.distributed.stages import EmbedActor, decode_batch
 from imgembed.ingest import fs
 from imgembed.model.embedder import CPU_BATCH, GPU_BATCH_MAX, Embedder
 from imgembed.model.head import head_paths
+from imgembed.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class ShardJobSummary:
     embedded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     duplicates: int = 0  # rows delivered twice by retried work (kept once)
+    unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
     actors: int = 0
     device: str = ""
     seconds: float = 0.0
@@ -81,6 +84,7 @@ class ShardJobSummary:
             f"embedded {self.embedded}, skipped {len(self.skipped)} of {self.files} files; "
             f"{self.shards_written} shards written, {self.shards_resumed} already done, {self.shards} in all "
             f"in {self.shards_dir}",
+            *([self.unread] if self.unread else []),
             f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s on {self.actors} "
             f"{self.device} actor{'s' if self.actors != 1 else ''}",
         ]
@@ -145,11 +149,12 @@ def _plan(root: Path, out: Path, cfg: IndexJobCfg, ray_cfg: RayCfg, embedder: Em
         return manifest
     scan = fs.scan(root, cfg.reader)
     summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
+    summary.unread = scan.unread_line()
     for p, why in scan.skipped:
-        logger.warning("skipped %s: %s", fs.display(p), why)
+        logger.warning("skipped %s: %s", printable(fs.display(p)), printable(why))
     if cfg.head:
         for src in head_paths(cfg.head):
-            (out / ("head" + src.suffix)).write_bytes(src.read_bytes())
+            atomic_write_bytes(out / ("head" + src.suffix), src.read_bytes())  # never through a link
     shards.write_listing(out, scan.files)
     manifest = shards.new_manifest(root, embedder.identity(), ray_cfg.shard_size, len(scan.files),
                                    bool(cfg.head), {"job": asdict(cfg), "ray": asdict(ray_cfg)})
@@ -200,7 +205,7 @@ def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: I
             for p, e in zip(paths, errors):
                 if e:
                     summary.skipped.append((fs.display(p), e))
-                    logger.warning("skipped %s: %s", fs.display(p), e)
+                    logger.warning("skipped %s: %s", printable(fs.display(p)), printable(e))
             assembler.add(shards.ShardRows(
                 b["id"].astype(np.int64), paths, b["size"], b["mtime_ns"], [str(h) for h in b["hash"]],
                 b["width"], b["height"], errors, np.asarray(b["vector"], np.float32)))

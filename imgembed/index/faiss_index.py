@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -227,6 +228,16 @@ def ids_of(index: faiss.Index) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.empty(0, np.int64)
 
 
+def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` holds for ``ids`` (float32 (n, d)); IVF-PQ gives its decoded codes.
+    IVF indexes get an id lookup table for it (memory: a hash entry per vector)."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        ivf = faiss.extract_index_ivf(index)
+        if ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, index.d), np.float32)
+
+
 def read_flags(mmap: bool) -> int:
     """faiss read flags that map the index file instead of loading it.
 
@@ -252,13 +263,22 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if len(queries) > 1 or isinstance(index, faiss.IndexIDMap) and isinstance(
             faiss.downcast_index(index.index), faiss.IndexFlat):
         return index.search(queries, k)
-    # One query on an IVF or HNSW index does its work on one thread anyway; entering an OpenMP
-    # region of several threads only adds waits when other processes hold the cores (measured
-    # at 100k x 128-d on the busy 2 cores here: p50 0.14 ms, p99 16-20 ms with 2 threads).
+    with one_thread():
+        return index.search(queries, k)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run FAISS on one OpenMP thread inside the block (one query on an IVF or HNSW index).
+
+    One such query does its work on one thread anyway; entering an OpenMP region of several
+    threads only adds waits when other processes hold the cores (measured at 100k x 128-d on the
+    busy 2 cores here: p50 0.14 ms, p99 16-20 ms with 2 threads).
+    """
     with _one_thread:
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return index.search(queries, k)
+            yield
         finally:
             faiss.omp_set_num_threads(threads)

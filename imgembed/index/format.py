@@ -7,6 +7,14 @@ Layout of an index directory::
     vectors.<gen>.faiss  the searchable index of generation <gen>
     head.safetensors/.json  the projection head, when the index was built with one
     write.lock           held by the one process that may write
+    .<name>.tmp          a file being written (then renamed onto <name>)
+
+Hostile folders. An index is a folder people copy and download, so none of its entries is trusted:
+every file imgembed opens for writing in it must be a regular file, never a symbolic link (which
+could point at ``~/.bashrc``; :func:`check_entries`), and new files are created exclusively, without
+following links. A writer deletes only the files that writers of this index recorded in the
+``scratch`` table before creating them (temporary files, unpublished or superseded FAISS files),
+and refuses a folder that holds anything but an index (:func:`check_is_index`).
 
 Consistency. SQLite (WAL mode) is the source of truth; a FAISS file is derived from it. Rows carry
 the generation that added them and the one that removed them, so a writer's progress is committed
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
@@ -59,13 +68,43 @@ MIGRATIONS = [
     INSERT INTO meta VALUES ('generation', '0');
     INSERT INTO meta VALUES ('index_type', '');
     """,
-    # Copy-detection data of each content (imgembed.ingest.copy_data): 8 perceptual hashes and the
+    # Database-side augmentation (imgembed.index.dba): the vector each content had before it was
+    # averaged with its neighbours, and the cosine of the last of them; meta 'dba' is '1' while
+    # the vectors table holds augmented vectors.
+    """
+    CREATE TABLE plain (hash TEXT PRIMARY KEY, vec BLOB NOT NULL, kth REAL NOT NULL);
+    INSERT OR IGNORE INTO meta VALUES ('dba', '');
+    """,
+    # Files a writer created in the index folder that are not part of the published index: recorded
+    # before each is created, deleted by the next writer if still listed. Nothing else is deleted.
+    """
+    CREATE TABLE scratch (name TEXT PRIMARY KEY);
+    """,
+    # 4: photo metadata. Rows of an index made before this have none; the next index run reads it
+    # from the files (headers only: nothing is decoded or embedded again).
+    """
+    CREATE TABLE IF NOT EXISTS photo_meta (
+        file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+        taken TEXT NOT NULL,  -- capture time, local 'YYYY-MM-DDTHH:MM:SS'
+        taken_from TEXT NOT NULL,  -- 'exif', or 'mtime' when the file has no EXIF capture time
+        make TEXT,
+        model TEXT,
+        lat REAL,
+        lon REAL,
+        ext TEXT NOT NULL,  -- lower-case file suffix without the dot
+        folder BLOB NOT NULL  -- the folder relative to its root ('' at the root)
+    );
+    CREATE INDEX IF NOT EXISTS photo_meta_taken ON photo_meta(taken);
+    """,
+    # 5: copy-detection data of each content (imgembed.ingest.copy_data): 8 perceptual hashes and the
     # packed ORB keypoints. Content indexed before this migration has none until the next index run
     # of its folder, which computes it from the files without embedding them again.
     """
-    CREATE TABLE copy_data (hash TEXT PRIMARY KEY, hashes BLOB NOT NULL, keypoints BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS copy_data (hash TEXT PRIMARY KEY, hashes BLOB NOT NULL, keypoints BLOB NOT NULL);
     """,
 ]
+# The first schema version that records photo metadata.
+META_VERSION = 4
 
 
 class Row(NamedTuple):
@@ -100,6 +139,49 @@ class NewFile(NamedTuple):
     hash: str
     width: int
     height: int
+    # Photo metadata; taken_from None: not read yet (the next index run reads it from the file).
+    taken: str | None = None
+    taken_from: str | None = None
+    make: str | None = None
+    model: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Meta(NamedTuple):
+    """What the index records about a photo besides its file (``photo_meta``)."""
+
+    taken: str  # capture time, local "YYYY-MM-DDTHH:MM:SS"
+    taken_from: str  # "exif", or "mtime" (the file's modification time stood in)
+    make: str | None
+    model: str | None
+    lat: float | None
+    lon: float | None
+    ext: str  # "jpg", "heic", ...
+    folder: bytes  # relative to the root; b"" at the root
+
+    @property
+    def camera(self) -> str | None:
+        return camera_name(self.make, self.model)
+
+
+def camera_name(make: str | None, model: str | None) -> str | None:
+    """Make and model in one name, e.g. ``"Apple iPhone 15"`` (the model alone when it names the maker)."""
+    if not model:
+        return make or None
+    if make and not model.lower().startswith(make.split()[0].lower()):
+        return f"{make} {model}"
+    return model
+
+
+def path_meta(relpath: bytes) -> tuple[str, bytes]:
+    """``(ext, folder)`` of a path relative to its root: ``b"2023/trip/IMG_1.HEIC"`` -> ``("heic", b"2023/trip")``."""
+    folder, _, name = relpath.rpartition(b"/")
+    stem, dot, ext = name.rpartition(b".")
+    return (ext.decode("utf-8", "replace").lower() if dot and stem else ""), folder
+
+
+META_SQL = "SELECT file_id, taken, taken_from, make, model, lat, lon, ext, folder FROM photo_meta"
 
 
 # ---------------------------------------------------------------- manifest
@@ -108,6 +190,8 @@ class NewFile(NamedTuple):
 def read_manifest(index_dir: str | Path) -> dict:
     """The validated manifest of an index. Raises StoreError naming the problem."""
     path = Path(index_dir) / MANIFEST
+    if path.is_symlink():
+        raise link_error(path)
     if not path.is_file():
         raise StoreError(f"no index at {index_dir} (no {MANIFEST}); build one with: imgembed index FOLDER --index {index_dir}")
     try:
@@ -145,10 +229,81 @@ def read_manifest(index_dir: str | Path) -> dict:
     return m
 
 
+# ---------------------------------------------------------------- the folder's entries
+
+HEAD_FILES = ("head.safetensors", "head.json")
+_SQLITE_FILES = (DB, DB + "-wal", DB + "-shm", DB + "-journal")
+# What a folder without a manifest may hold and still be taken for an index: what a first run
+# interrupted before it wrote the manifest leaves behind.
+_FIRST_RUN = {LOCK, *_SQLITE_FILES, *HEAD_FILES, *(f".{n}.tmp" for n in (MANIFEST, *HEAD_FILES))}
+
+
+def is_own_name(name: str) -> bool:
+    """Whether imgembed writes a file of this name in an index folder."""
+    return (name in (MANIFEST, LOCK, *_SQLITE_FILES, *HEAD_FILES) or name.endswith(".tmp")
+            or name.startswith("vectors.") and name.endswith(".faiss"))
+
+
+def check_entries(index_dir: Path) -> None:
+    """Refuse an index folder where a file imgembed writes (or SQLite writes for it: the -wal and
+    -shm files, also for readers) is a symbolic link or not a regular file. Raises StoreError."""
+    try:
+        entries = list(os.scandir(index_dir))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot read index folder {index_dir}: {e.strerror or e}") from e
+    for entry in entries:
+        if not is_own_name(entry.name):
+            continue
+        if entry.is_symlink():
+            raise link_error(Path(index_dir) / entry.name)
+        if not entry.is_file(follow_symlinks=False):
+            raise StoreError(f"{Path(index_dir) / entry.name} is not a regular file; remove it, then run again")
+
+
+def link_error(path: Path) -> StoreError:
+    return StoreError(
+        f"{path} is a symbolic link; imgembed never writes through a link in an index folder (a copied or "
+        "downloaded index could point it at any file). Remove the link, or put the file it points to in its "
+        "place, then run again")
+
+
+def check_is_index(index_dir: Path) -> None:
+    """Refuse to make an index in a folder that holds other things (``--index ~/Documents``): a
+    folder without a manifest must be empty, or hold only what an interrupted first run left."""
+    try:
+        names = sorted(os.listdir(index_dir))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot read index folder {index_dir}: {e.strerror or e}") from e
+    if MANIFEST in names:
+        return
+    others = [n for n in names if n not in _FIRST_RUN or n == LOCK and not _lock_is_ours(index_dir / LOCK)]
+    if others:
+        shown = ", ".join(repr(n) for n in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise StoreError(
+            f"{index_dir} is not an imgembed index (it has no {MANIFEST}) and is not empty: it holds {shown}. "
+            "imgembed writes an index only into a new or empty folder; pass another --index")
+
+
+def _lock_is_ours(path: Path) -> bool:
+    """A write.lock as imgembed leaves it: empty or ``pid N``, and small."""
+    try:
+        with open(path, "rb") as f:
+            return re.fullmatch(rb"(pid \d+)?", f.read(65)) is not None
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------- database
 
 
 def connect(index_dir: Path, readonly: bool = False) -> sqlite3.Connection:
+    """The index's SQLite database. Raises StoreError when a file of the folder is a link (SQLite
+    would write its -wal and -shm files through it, even for a reader)."""
+    check_entries(index_dir)
     path = index_dir / DB
     if readonly:
         con = _connect_ro(path)
@@ -177,7 +332,29 @@ def _connect_ro(path: Path) -> sqlite3.Connection:
                 return con
             except sqlite3.DatabaseError:
                 con.close()
+        if is_damage(e):
+            raise damaged(path, e) from e
         raise StoreError(f"cannot open {path}: {e}; run imgembed verify, or rebuild the index") from e
+
+
+# SQLite's result codes for a file that is not a database, or one whose pages are corrupt.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def is_damage(e: sqlite3.DatabaseError) -> bool:
+    """Whether ``e`` says the database file is damaged (rather than the disk full or read-only)."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return any(m in str(e) for m in ("not a database", "malformed", "corrupt"))
+
+
+def damaged(path: Path, e: Exception) -> StoreError:
+    """The error for a damaged database: what happened, and how to rebuild."""
+    folder = path.parent
+    return StoreError(
+        f"{path} is damaged ({e}). Rebuild the index: move {folder} away and run "
+        f"imgembed index YOUR_PHOTOS --index {folder} (every photo is embedded again)")
 
 
 def _uri_path(path: Path) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -22,10 +22,11 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 
-from imgembed.atomic import atomic_write_json, replace_synced
-from imgembed.config import IndexCfg, from_dict
+from imgembed.atomic import atomic_write_bytes, create_new, fsync_dir
+from imgembed.config import DBA_MODES, IndexCfg, check_choice, from_dict
 from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.index import faiss_index
+from imgembed.index import dba, faiss_index, roots, scratch
+from imgembed.index.augment import NO_KTH
 from imgembed.index.format import (
     DB,
     FORMAT_VERSION,
@@ -34,9 +35,15 @@ from imgembed.index.format import (
     LiveFile,
     NewFile,
     StoreError,
+    check_entries,
+    check_is_index,
     connect,
+    damaged,
     faiss_name,
+    has_table,
+    is_damage,
     migrate,
+    path_meta,
     read_manifest,
     read_meta,
     select_in,
@@ -45,9 +52,18 @@ from imgembed.index.format import (
 
 logger = logging.getLogger(__name__)
 
-# Stored vectors and copy-detection data that no live entry uses any more.
-_PURGE_ORPHANS = "DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
-_PURGE_COPY_DATA = "DELETE FROM copy_data WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
+# Stored vectors, plain vectors and copy-detection data that no live entry uses any more.
+_PURGE_ORPHANS = tuple(f"DELETE FROM {table} WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
+                       for table in ("vectors", "plain", "copy_data"))
+
+
+def _purge_orphans(con: sqlite3.Connection) -> int:
+    """Delete the stored vectors (plain vectors, copy-detection data) that no live entry uses; how many vectors."""
+    vectors, *others = _PURGE_ORPHANS
+    n = con.execute(vectors).rowcount
+    for sql in others:
+        con.execute(sql)
+    return n
 
 
 @dataclass
@@ -67,13 +83,27 @@ class PublishStats:
 
 @contextmanager
 def _writing(path: Path):
-    """SQLite failures while writing (disk full, read-only folder, I/O error) as a StoreError."""
+    """SQLite failures while writing as a StoreError: a damaged database, or a full disk, a
+    read-only folder, an I/O error."""
     try:
         yield
     except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise damaged(path, e) from e
         raise StoreError(
             f"cannot write {path}: {e}. Free disk space or make the folder writable, then run again; "
             "the last published index is unchanged and the work committed so far is kept") from e
+
+
+_INSERT_FILE = ("INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_META = ("INSERT INTO photo_meta(file_id, taken, taken_from, make, model, lat, lon, ext, folder) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _meta_row(file_id: int, f: NewFile) -> tuple:
+    ext, folder = path_meta(f.relpath)
+    return (file_id, f.taken, f.taken_from, f.make, f.model, f.lat, f.lon, ext, folder)
 
 
 # ---------------------------------------------------------------- writer
@@ -90,6 +120,8 @@ class StoreWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create index folder {self.dir}: {e.strerror}") from e
+        check_entries(self.dir)  # no links among the files written below
+        check_is_index(self.dir)  # never an index inside a folder of other things
         self._lock_fd = self._take_lock(wait)
         try:
             exists = (self.dir / MANIFEST).exists()
@@ -103,17 +135,28 @@ class StoreWriter:
                 # The database exists before the manifest that announces the index, so a crash
                 # between the two never leaves a manifest without metadata.
                 self.con = connect(self.dir)
+                existing = self.con.execute("PRAGMA user_version").fetchone()[0] > 0
+                had_scratch = has_table(self.con, "scratch")
                 migrate(self.con)
                 self.published = int(read_meta(self.con, "generation"))
+                if existing and not had_scratch:  # an index from before the scratch table
+                    scratch.adopt_leftovers(self.con, self._tx, self.dir, faiss_name(self.published))
                 self.gen = self.published + 1  # the generation this writer is preparing
                 self._cleanup()
             if not exists:
                 self.manifest = self._create(identity, index_cfg, list(head_files))
             self.index_cfg = from_dict(IndexCfg, self.manifest.get("index_cfg", {}))
+            explicit = {}  # an explicit choice sticks
             if index_cfg.index_type != "auto" and index_cfg.index_type != self.index_cfg.index_type:
-                self.index_cfg.index_type = index_cfg.index_type  # an explicit choice sticks
+                explicit["index_type"] = index_cfg.index_type
+            if index_cfg.dba and index_cfg.dba != self.index_cfg.dba:
+                explicit["dba"] = check_choice("DBA mode", index_cfg.dba, DBA_MODES)
+            if explicit:
+                for key, value in explicit.items():
+                    setattr(self.index_cfg, key, value)
                 self.manifest["index_cfg"] = asdict(self.index_cfg)
                 self._write_manifest(self.manifest)
+            self.dba_on = self.index_cfg.dba == "on"
             self.dim = int(self.manifest["dim"])
         except BaseException:
             self.close()
@@ -124,8 +167,11 @@ class StoreWriter:
     def _take_lock(self, wait: bool) -> int:
         path = self.dir / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:  # a link planted after the check
+                check_entries(self.dir)
             raise StoreError(f"cannot write to index folder {self.dir}: {e.strerror}; make it writable "
                              "or use another --index (searching the existing index still works)") from e
         try:
@@ -146,14 +192,14 @@ class StoreWriter:
     def _create(self, identity: dict, index_cfg: IndexCfg, head_files: list[Path]) -> dict:
         try:
             for src in head_files:
-                shutil.copyfile(src, self.dir / ("head" + src.suffix))
+                self._write_file(self.dir / ("head" + src.suffix), src.read_bytes())
         except OSError as e:
             raise StoreError(f"cannot copy the head into {self.dir}: {e.strerror or e}") from e
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_at": time.time(),
             "metric": "cosine",
-            "index_cfg": asdict(index_cfg),
+            "index_cfg": {**asdict(index_cfg), "dba": check_choice("DBA mode", index_cfg.dba or "off", DBA_MODES)},
             "head": "head.safetensors" if head_files else None,
             **{k: identity[k] for k in IDENTITY_KEYS},
         }
@@ -162,18 +208,27 @@ class StoreWriter:
 
     def _write_manifest(self, manifest: dict) -> None:
         try:
-            atomic_write_json(self.dir / MANIFEST, manifest)
+            self._write_file(self.dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         except OSError as e:
             raise StoreError(f"cannot write {self.dir / MANIFEST}: {e.strerror}") from e
 
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Replace ``path`` atomically through a temporary file recorded in ``scratch`` first."""
+        tmp = f".{path.name}.tmp"
+        self._record(tmp)
+        atomic_write_bytes(path, data, tmp_name=tmp)
+        self._forget(tmp)
+
+    def _record(self, *names: str) -> None:
+        scratch.record(self.con, self._tx, *names)
+
+    def _forget(self, *names: str) -> None:
+        scratch.forget(self.con, self._tx, *names)
+
     def _cleanup(self) -> None:
-        """Forget what an interrupted earlier writer left unpublished beyond committed vectors."""
-        keep = faiss_name(self.published)
-        for p in self.dir.glob("vectors.*.faiss"):
-            if p.name != keep:
-                p.unlink(missing_ok=True)
-        for p in self.dir.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
+        """Delete what interrupted earlier writers left (the files listed in ``scratch``, and nothing
+        else), and forget rows that every reader has moved past. Committed vectors stay."""
+        scratch.cleanup(self.con, self.dir, faiss_name(self.published))
         # Rows removed in generations every reader has moved past can go for good.
         self.con.execute("DELETE FROM files WHERE removed_gen IS NOT NULL AND removed_gen <= ?",
                          (self.published,))
@@ -196,10 +251,21 @@ class StoreWriter:
     # -- reads used while planning a run
 
     def root_id(self, root: str | Path) -> int:
+        """The id of an indexed folder (added when new). Raises StoreError for a folder inside one
+        that the index already holds: its photos would be listed twice."""
         path = os.fsencode(os.path.abspath(root))
+        roots.check_not_inside(self.con, path)
         with _writing(self.dir / DB):
             self.con.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
         return self.con.execute("SELECT id FROM roots WHERE path=?", (path,)).fetchone()[0]
+
+    def take_in_roots_below(self, root_id: int) -> list[tuple[bytes, int]]:
+        """Entries of indexed folders inside this root move under it: ``[(folder, entries)]``."""
+        return roots.take_in_below(self.con, self._tx, root_id, self.gen)
+
+    def drop_moved(self, root_id: int) -> list[tuple[bytes, int]]:
+        """Entries of vanished folders whose photos are now under this root go: ``[(folder, entries)]``."""
+        return roots.drop_moved(self.con, self._tx, root_id, self.gen)
 
     def live_files(self, root_id: int) -> dict[bytes, LiveFile]:
         """``relpath -> LiveFile`` of the files not removed (published or pending)."""
@@ -257,13 +323,43 @@ class StoreWriter:
             if vectors is not None:
                 if vectors.shape != (len(files), self.dim):
                     raise ValueError(f"expected vectors of shape {(len(files), self.dim)}, got {vectors.shape}")
-                self.con.executemany(
-                    "INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)",
-                    [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)])
-            self.con.executemany(
-                "INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files])
+                if not np.isfinite(vectors).all():  # NaN would make every search come back empty
+                    raise StoreError(f"refusing {int((~np.isfinite(vectors).all(axis=1)).sum())} vectors that are "
+                                     "not finite (NaN or infinity): the model or its head is broken")
+                rows = [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)]
+                self.con.executemany("INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)", rows)
+                if self.dba_on:  # augmented at publish (imgembed.index.dba)
+                    self.con.executemany("INSERT OR IGNORE INTO plain(hash, vec, kth) VALUES (?, ?, ?)",
+                                         [(h, v, NO_KTH) for h, v in rows])
+            rows = [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files]
+            if not any(f.taken_from is not None for f in files):  # no metadata yet (build-index): one statement
+                self.con.executemany(_INSERT_FILE, rows)
+                return
+            meta = []
+            for f, row in zip(files, rows):  # each file's new id keys its metadata
+                file_id = self.con.execute(_INSERT_FILE, row).lastrowid
+                if f.taken_from is not None:
+                    meta.append(_meta_row(file_id, f))
+            self.con.executemany(_INSERT_META, meta)
+
+    # -- photo metadata of entries recorded before it was (schema version 4), or by build-index
+
+    def missing_meta(self, root_id: int) -> list[tuple[int, bytes, int]]:
+        """``(id, relpath, mtime_ns)`` of the live entries of a root that have no metadata yet."""
+        return self.con.execute(
+            "SELECT f.id, f.relpath, f.mtime_ns FROM files f WHERE f.root_id=? AND f.removed_gen IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM photo_meta m WHERE m.file_id = f.id) ORDER BY f.id",
+            (root_id,)).fetchall()
+
+    def set_meta(self, items: list[tuple[int, NewFile]]) -> None:
+        """Record the metadata of existing entries: ``(id, NewFile with its metadata fields)``.
+        Visible at once (the vectors and the published generation do not change)."""
+        with self._tx():
+            self.con.executemany(_INSERT_META.replace("INSERT", "INSERT OR REPLACE", 1),
+                                 [_meta_row(i, f) for i, f in items if f.taken_from is not None])
+            # Readers keep the photos a filter matched per generation and this counter.
+            self.con.execute("INSERT INTO meta(key, value) VALUES ('meta_changes', '1') ON CONFLICT(key) "
+                             "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     # -- maintenance (verify --repair): each is one committed change, visible after publish
 
@@ -271,6 +367,16 @@ class StoreWriter:
         """Delete stored vectors whose size is not the manifest's dimension; how many."""
         with self._tx():
             return self.con.execute("DELETE FROM vectors WHERE length(vec) != ?", (4 * self.dim,)).rowcount
+
+    def drop_non_finite_vectors(self) -> int:
+        """Delete stored vectors holding NaN or infinity; how many."""
+        bad = []
+        for h, vec in self.con.execute("SELECT hash, vec FROM vectors WHERE length(vec) = ?", (4 * self.dim,)):
+            if not np.isfinite(np.frombuffer(vec, dtype=np.float32)).all():
+                bad.append((h,))
+        with self._tx():
+            self.con.executemany("DELETE FROM vectors WHERE hash=?", bad)
+        return len(bad)
 
     def drop_rows_without_vectors(self) -> int:
         """Remove the entries whose content has no stored vector (the next index run embeds them)."""
@@ -291,8 +397,7 @@ class StoreWriter:
     def purge_orphans(self) -> int:
         """Delete stored vectors that no live entry uses; how many."""
         with self._tx():
-            self.con.execute(_PURGE_COPY_DATA)
-            return self.con.execute(_PURGE_ORPHANS).rowcount
+            return _purge_orphans(self.con)
 
     def _tx(self):
         con = self.con
@@ -324,18 +429,21 @@ class StoreWriter:
 
     def vectors_for(self, ids: np.ndarray, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(ids), chunk):
-            rows = list(select_in(self.con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
+            rows = list(select_in(self.con, "SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash "
                                             "WHERE f.id IN ({marks})", (int(x) for x in ids[i:i + chunk])))
             yield self._unpack(rows)
 
     def _unpack(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of ``(id, vec, hash)`` rows; a vector this publish replaces comes from it."""
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        new = self._overlay
+        vecs = np.frombuffer(b"".join(new[r[2]] if r[2] in new else r[1] for r in rows),
+                             dtype=np.float32).reshape(len(rows), self.dim)
         return ids, vecs
 
     def _all_vectors(self, gen: int, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         cur = self.con.execute(
-            f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} ORDER BY f.id",
+            f"SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} ORDER BY f.id",
             (gen, gen))
         while rows := cur.fetchmany(chunk):
             yield self._unpack(rows)
@@ -343,9 +451,11 @@ class StoreWriter:
     def _sample(self, gen: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` of ``n`` random visible entries, in random order."""
         rows = self.con.execute(
-            f"SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} "
+            f"SELECT f.id, v.vec, f.hash FROM files f JOIN vectors v ON v.hash=f.hash WHERE {visible()} "
             "ORDER BY random() LIMIT ?", (gen, gen, n)).fetchall()
         return self._unpack(rows)
+
+    _overlay: dict[str, bytes] = {}  # hash -> the vector this publish gives it (DBA), until committed
 
     def count(self, gen: int) -> int:
         return self.con.execute(f"SELECT count(*) FROM files WHERE {visible()}", (gen, gen)).fetchone()[0]
@@ -356,13 +466,27 @@ class StoreWriter:
         ``rebuild`` builds the FAISS index afresh from the vectors in SQLite (verify --repair).
         """
         removed, added = self._pending()
+        with _writing(self.dir / DB):
+            changes, dba_off = dba.prepare(self.con, self._tx, self.dba_on, self.published, self.gen, self.dim)
+        self._overlay = {h: np.ascontiguousarray(v, np.float32).tobytes() for h, (v, _) in changes.items()}
+        try:
+            return self._publish(rebuild or dba_off, removed, added, changes, dba_off)
+        finally:
+            self._overlay = {}
+
+    def _publish(self, rebuild: bool, removed: np.ndarray, added: np.ndarray,
+                 changes: dict[str, tuple[np.ndarray, float]], dba_off: bool) -> PublishStats:
+        # entries whose vector DBA changed are replaced in the FAISS index like removed + added ones
+        moved = np.array([r[0] for r in select_in(
+            self.con, f"SELECT id FROM files WHERE hash IN ({{marks}}) AND added_gen < {self.gen} "
+            "AND removed_gen IS NULL", changes)], dtype=np.int64) if changes else np.zeros(0, np.int64)
         total = self.count(self.gen)
         kind = faiss_index.choose_type(self.index_cfg, total, self.dim)
         old_path = self.dir / faiss_name(self.published)
         old_kind = read_meta(self.con, "index_type")
         rebuild = (rebuild or not old_path.exists() or kind != old_kind
-                   or (len(removed) and not faiss_index.supports_remove(kind)))
-        if not rebuild and not len(removed) and not len(added):
+                   or ((len(removed) or len(moved)) and not faiss_index.supports_remove(kind)))
+        if not rebuild and not len(removed) and not len(added) and not changes:
             return PublishStats(self.published, kind, 0, 0, total, False)
         if not rebuild:
             try:
@@ -378,31 +502,52 @@ class StoreWriter:
                 q = faiss_index.CALIBRATION_QUERIES  # the sample is in random order
                 calibration = faiss_index.calibrate(index, sample_ids[:q], train[:q], self.index_cfg.target_recall)
         else:
-            faiss_index.remove(index, removed)
-            for ids, vecs in self.vectors_for(added):
+            faiss_index.remove(index, np.concatenate([removed, moved]))
+            for ids, vecs in self.vectors_for(np.concatenate([added, moved])):
                 faiss_index.add(index, ids, vecs)
         if index.ntotal != total:
             raise StoreError(f"internal error: index holds {index.ntotal} vectors, metadata {total}; "
                              "run imgembed verify --repair")
         new_path = self.dir / faiss_name(self.gen)
+        tmp_name = f".{new_path.name}.tmp"
+        for p in (new_path, self.dir / tmp_name):
+            if os.path.lexists(p):  # not ours: every file a writer made and left is gone by now
+                raise StoreError(f"{p} is in the way (imgembed did not make it); move it out of the index "
+                                 "folder, then run again")
+        self._record(new_path.name, tmp_name)
         self._write_index(index, new_path)
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
+            if changes:
+                self.con.executemany("UPDATE vectors SET vec=? WHERE hash=?",
+                                     [(self._overlay[h], h) for h in changes])
+                self.con.executemany("UPDATE plain SET kth=? WHERE hash=?", [(t, h) for h, (_, t) in changes.items()])
+            if dba_off:
+                self.con.execute("DELETE FROM plain")
+            self.con.execute("UPDATE meta SET value=? WHERE key='dba'", ("1" if self.dba_on else "",))
+            self.con.execute("DELETE FROM scratch WHERE name IN (?, ?)", (new_path.name, tmp_name))
+            if self.published:  # the file readers leave now: deleted below, or by the next writer
+                self.con.execute("INSERT OR IGNORE INTO scratch(name) VALUES (?)", (old_path.name,))
             if self.con.execute("SELECT 1 FROM files WHERE removed_gen=? LIMIT 1", (self.gen,)).fetchone():
                 # Also entries added and dropped within this generation (by an interrupted run).
-                self.con.execute(_PURGE_ORPHANS)
-                self.con.execute(_PURGE_COPY_DATA)
+                _purge_orphans(self.con)
         old_path.unlink(missing_ok=True)
+        self._forget(old_path.name)
         stats = PublishStats(self.gen, kind, len(added), len(removed), total, bool(rebuild), calibration)
         self.published, self.gen = self.gen, self.gen + 1
         return stats
 
     def _write_index(self, index: faiss.Index, path: Path) -> None:
+        """Write ``index`` to ``path`` atomically, through a new file of our own (never a link)."""
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            faiss.write_index(index, str(tmp))
-            replace_synced(tmp, path)
+            with os.fdopen(create_new(tmp), "wb") as f:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(self.dir)
         except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {path}: {e}; the previous index is unchanged") from e

@@ -2,8 +2,9 @@
 
 Checks: the manifest is valid; SQLite passes its integrity check; the FAISS file of the published
 generation exists, has the manifest's dimension, holds exactly as many vectors as there are visible
-rows and exactly their ids; every live row has a stored vector of the right size; recorded files
-still exist. Leftovers of an interrupted run (unpublished rows and files) are reported as notes:
+rows and exactly their ids, and for a sample of them the very vectors stored in SQLite; every live
+row has a stored vector of the right size, and every stored vector is finite; recorded files still
+exist. Leftovers of an interrupted run (unpublished rows and files) are reported as notes:
 they are expected after a crash and the next ``index`` run uses or removes them.
 
 Repair takes the write lock and publishes a new generation whose FAISS file is rebuilt from the
@@ -100,7 +101,9 @@ def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
         con.execute("BEGIN")  # one consistent view while a writer may be running
         _check_db(con, index_dir, int(manifest["dim"]), rep, check_files)
         con.execute("COMMIT")
-    except (sqlite3.DatabaseError, ValueError) as e:
+    except sqlite3.DatabaseError as e:
+        rep.findings.append(Finding(ERROR, str(index_format.damaged(index_dir / DB, e))))
+    except ValueError as e:
         rep.findings.append(Finding(ERROR, f"{index_dir / DB} cannot be read: {e}; rebuild the index"))
     finally:
         con.close()
@@ -110,7 +113,7 @@ def _verify(index_dir: Path, check_files: bool) -> VerifyReport:
 def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyReport, check_files: bool) -> None:
     check = [r[0] for r in con.execute("PRAGMA quick_check")]
     if check != ["ok"]:
-        rep.findings.append(Finding(ERROR, f"{DB} is damaged ({'; '.join(check[:3])}); rebuild the index"))
+        rep.findings.append(Finding(ERROR, str(index_format.damaged(index_dir / DB, "; ".join(check[:3])))))
         return
     version = con.execute("PRAGMA user_version").fetchone()[0]
     if version > len(index_format.MIGRATIONS):
@@ -132,6 +135,9 @@ def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyRep
         rep.findings.append(Finding(ERROR, f"{bad_vec} of {n_vec} stored vectors are not {dim}-d"
                                            + ("" if bad_vec < n_vec else " (was the manifest edited?)"),
                                     bad_vec < n_vec))
+    if nan := _non_finite(con, dim):
+        rep.findings.append(Finding(ERROR, f"{nan} stored vectors are not finite (NaN or infinity); searches "
+                                           "miss them", True))
 
     _check_faiss(con, index_dir, dim, gen, ids, rep)
 
@@ -143,12 +149,21 @@ def _check_db(con: sqlite3.Connection, index_dir: Path, dim: int, rep: VerifyRep
     if pending:
         rep.findings.append(Finding(NOTE, f"{pending} entries committed by an unfinished run are not published "
                                           "yet; the next index run publishes them"))
-    leftovers = sorted(p.name for p in index_dir.iterdir()
-                       if (p.name.startswith("vectors.") and p.name.endswith(".faiss") and p.name != faiss_name(gen))
-                       or (p.name.startswith(".") and p.name.endswith(".tmp")))
+    strays = sorted(p.name for p in index_dir.iterdir()
+                    if (p.name.startswith("vectors.") and p.name.endswith(".faiss") and p.name != faiss_name(gen))
+                    or (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if con.execute("SELECT 1 FROM sqlite_master WHERE name='scratch'").fetchone():
+        recorded = {r[0] for r in con.execute("SELECT name FROM scratch")}
+    else:  # an index from before the scratch table: its next writer adopts these
+        recorded = set(strays)
+    leftovers = [n for n in strays if n in recorded]
+    unknown = [n for n in strays if n not in recorded]
     if leftovers:
         rep.findings.append(Finding(NOTE, f"files left by an interrupted run: {', '.join(leftovers[:_SHOW])}; "
                                           "the next index run (or --repair) removes them"))
+    if unknown:
+        rep.findings.append(Finding(NOTE, f"files imgembed did not make: {', '.join(unknown[:_SHOW])}; imgembed "
+                                          "never deletes them (move them out of the index folder)"))
     if check_files:
         _check_files(con, visible, rep)
 
@@ -170,9 +185,9 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
         rep.findings.append(Finding(ERROR, f"{path.name} cannot be read ({str(e).splitlines()[0]})", True))
         return
     rep.faiss_count = int(index.ntotal)
-    if index.d != dim:
-        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.d}-d vectors but the manifest says {dim}; "
-                                           "rebuild the index"))
+    if index.d != dim:  # the stored vectors are checked against the manifest on their own
+        rep.findings.append(Finding(ERROR, f"{path.name} holds {index.d}-d vectors but the manifest says {dim}",
+                                    True))
         return
     if index.ntotal != len(ids):
         rep.findings.append(Finding(ERROR, f"{path.name} holds {index.ntotal} vectors but {len(ids)} entries "
@@ -195,9 +210,56 @@ def _check_faiss(con, index_dir: Path, dim: int, gen: int, ids: np.ndarray, rep:
     except ValueError as e:
         rep.findings.append(Finding(ERROR, f"{path.name}: {e}", True))
         return
+    if not len(extra) and not len(lost):
+        _compare_sample(con, index, path.name, dim, ids, actual, rep)
     if kind != actual:
         rep.findings.append(Finding(NOTE, f"metadata says index type {kind!r}, {path.name} is {actual!r}; "
                                           "the next publish rebuilds it"))
+
+
+def _non_finite(con: sqlite3.Connection, dim: int, chunk: int = 10_000) -> int:
+    """How many stored vectors of the right size hold NaN or infinity (all of them are read)."""
+    cur = con.execute("SELECT vec FROM vectors WHERE length(vec) = ?", (4 * dim,))
+    bad = 0
+    while rows := cur.fetchmany(chunk):
+        vecs = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        bad += int((~np.isfinite(vecs).all(axis=1)).sum())
+    return bad
+
+
+# Entries whose FAISS vector is compared with the one stored in SQLite.
+SAMPLE = 256
+# IVF-PQ keeps codes, not vectors: a decoded vector only resembles its original (cosine above this).
+_PQ_MIN_COSINE = 0.5
+
+
+def _compare_sample(con, index, name: str, dim: int, ids: np.ndarray, kind: str, rep: VerifyReport) -> None:
+    """The vectors FAISS holds for a sample of ids are those stored in SQLite (same ids and count
+    prove nothing if the vectors were replaced)."""
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(ids, size=min(SAMPLE, len(ids)), replace=False)) if len(ids) else ids
+    rows = dict(index_format.select_in(con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash = f.hash "
+                                            "WHERE f.id IN ({marks}) AND length(v.vec) = " + str(4 * dim),
+                                       (int(i) for i in sample)))
+    stored = {i: np.frombuffer(rows[i], dtype=np.float32) for i in sample.tolist() if i in rows}
+    have = [i for i, v in stored.items() if np.isfinite(v).all()]  # non-finite ones: reported already
+    if not have:
+        return
+    stored = np.stack([stored[i] for i in have])  # (n, dim)
+    try:
+        held = faiss_index.reconstruct(index, np.array(have, dtype=np.int64))  # (n, dim)
+    except (RuntimeError, ValueError) as e:
+        rep.findings.append(Finding(ERROR, f"{name}: cannot read its vectors back ({str(e).splitlines()[0]})", True))
+        return
+    if kind == "ivfpq":
+        cos = (held * stored).sum(axis=1) / np.maximum(
+            np.linalg.norm(held, axis=1) * np.linalg.norm(stored, axis=1), 1e-12)
+        bad = int((~(cos > _PQ_MIN_COSINE)).sum())
+    else:
+        bad = int((~np.isclose(held, stored, atol=1e-5).all(axis=1)).sum())
+    if bad:
+        rep.findings.append(Finding(ERROR, f"{bad} of {len(have)} sampled vectors in {name} are not the ones stored "
+                                           "in the metadata", True))
 
 
 def _raise_if_moved(index_dir: Path, gen: int) -> None:
@@ -243,6 +305,8 @@ def repair(index_dir: str | Path, drop_missing: bool = False, wait: bool = False
         gen = w.published
         if n := w.drop_wrong_size_vectors():
             done.append(f"deleted {n} vectors of the wrong size")
+        if n := w.drop_non_finite_vectors():
+            done.append(f"deleted {n} vectors that were not finite")
         if n := w.drop_rows_without_vectors():
             done.append(f"dropped {n} entries without a vector (the next index run embeds them)")
         if drop_missing and (n := w.drop_missing_files()):

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgembed.config import ReaderCfg
+from imgembed.ingest import pixels
 from imgembed.ingest.preprocess import Preprocess
-from imgembed.ingest.reader import ImageSkipped, decode_query
+from imgembed.ingest.reader import ImageSkipped, check_declared, decode_query
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,13 @@ def probe(data: bytes, cfg: ReaderCfg) -> JpegInfo | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
                 w, h = im.size
-                if w * h > cfg.max_pixels:
-                    raise ImageSkipped(
-                        f"declares {w}x{h} = {w * h / 1e6:.0f} MP, above the {cfg.max_pixels / 1e6:.0f} MP "
-                        "limit (--max-pixels)")
+                check_declared(data, im, cfg)  # too many pixels, or too few bytes for them
                 if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                     return None  # CMYK/YCCK and other oddities: PIL handles them
+                if pixels.has_colour_profile(im.info.get("icc_profile")):
+                    return None  # Display P3, Adobe RGB: the CPU path converts it to sRGB
                 if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
                     return None  # a strip: the CPU path resamples only the crop it keeps
                 orientation = im.getexif().get(0x0112, 1)

@@ -9,6 +9,8 @@ workers on the CPU as usual. Either way the batch keeps the order of the items.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -16,9 +18,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from imgembed.config import ReaderCfg
-from imgembed.ingest import gpu_decode
+from imgembed.ingest import gpu_decode, reader
+from imgembed.ingest.metadata import PhotoMeta
 from imgembed.ingest.preprocess import Preprocess
-from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, read_bytes
+from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, metadata_of, read_bytes
+
+logger = logging.getLogger(__name__)
 
 # Batches each worker prepares ahead of the model.
 PREFETCH = 4
@@ -43,6 +48,7 @@ class Batch(NamedTuple):
     sizes: list[tuple[int, int]]  # (width, height) of each photo as shown
     digests: list[str]  # content hash of each file
     failures: list[tuple[Any, str]]  # (key, reason) of files that could not be decoded
+    metas: list[PhotoMeta] = []  # what each file's EXIF says (capture time, camera, GPS)
 
 
 class _Sample(NamedTuple):
@@ -51,6 +57,7 @@ class _Sample(NamedTuple):
     size: tuple[int, int]
     digest: str
     error: str | None
+    meta: PhotoMeta = PhotoMeta()
 
 
 class _Files(Dataset):
@@ -69,9 +76,10 @@ class _Files(Dataset):
                 info = gpu_decode.probe(data, self.cfg)
                 if info is not None:
                     pending = gpu_decode.Pending(torch.frombuffer(bytearray(data), dtype=torch.uint8), info)
-                    return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None)
+                    return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None,
+                                   metadata_of(data, self.cfg))
             d = decode_file(path, self.pre, self.cfg)
-            return _Sample(key, d.pixels, (d.width, d.height), d.digest, None)
+            return _Sample(key, d.pixels, (d.width, d.height), d.digest, None, d.meta)
         except ImageSkipped as e:
             return _Sample(key, None, (0, 0), "", str(e))
         except Exception as e:  # a decoder bug must not stop a run over thousands of photos
@@ -83,7 +91,7 @@ def _collate(samples: list[_Sample]) -> Batch:
     ok = [s for s in samples if s.error is None]
     pixels = torch.stack([s.item for s in ok]) if ok else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
     return Batch([s.key for s in ok], pixels, [s.size for s in ok], [s.digest for s in ok],
-                 [(s.key, s.error) for s in samples if s.error is not None])
+                 [(s.key, s.error) for s in samples if s.error is not None], [s.meta for s in ok])
 
 
 class _RawBatch(NamedTuple):
@@ -115,8 +123,71 @@ def _unpack(raw: _RawBatch) -> list[_Sample]:
     return out
 
 
-def _init_worker(_: int) -> None:
+def _init_worker(large_decodes, _: int) -> None:
     torch.set_num_threads(1)  # decoding is PIL work; leave the cores' BLAS threads to the model
+    reader.share_large_decode_lock(large_decodes)  # one large decode at a time across the workers
+
+
+def _loader(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int, workers: int,
+            pin_memory: bool, gpu: bool, prefetch: int = PREFETCH) -> DataLoader:
+    ctx = torch.multiprocessing.get_context()
+    return DataLoader(
+        _Files(items, pre, cfg, gpu_jpeg=gpu), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate_raw if gpu else _collate, pin_memory=pin_memory,
+        worker_init_fn=functools.partial(_init_worker, ctx.Lock()) if workers else None,
+        multiprocessing_context=ctx if workers else None,
+        prefetch_factor=prefetch if workers else None, persistent_workers=False,
+    )
+
+
+def _worker_died(e: RuntimeError) -> bool:
+    """DataLoader's error for a worker process that died (the OOM killer's SIGKILL, a crash)."""
+    return str(e).startswith("DataLoader worker")
+
+
+def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int,
+             workers: int, pin_memory: bool, gpu: bool) -> Iterator[Any]:
+    """The loader's batches of ``items`` in order, surviving decode workers that die.
+
+    A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise. The files from the
+    first batch not yet delivered are tried again with fresh workers; if the workers die again at the
+    same place, the files that were in flight are decoded one at a time by a single worker, so that
+    the file that kills it is found, reported as a failure and skipped, and the rest are kept.
+    """
+    start, died_at, alone_until = 0, -1, 0
+    while start < len(items):
+        alone = start < alone_until
+        size = 1 if alone else batch_size
+        loader = _loader(items[start:alone_until] if alone else items[start:], pre, cfg, size,
+                         1 if alone else workers, pin_memory, gpu, prefetch=1 if alone else PREFETCH)
+        try:
+            for batch in loader:
+                yield batch
+                start = min(len(items), start + size)
+        except RuntimeError as e:
+            if not workers or not _worker_died(e):
+                raise
+            if alone:  # one worker, one file in flight: this file killed it
+                logger.warning("a decode worker died while decoding file %d; skipping that file", start + 1)
+                yield _killed(items[start][0], gpu)
+                start += 1
+            elif died_at == start:  # again: find the file among those that were in flight
+                logger.warning("decode workers died twice at file %d; decoding the next files one at a time",
+                               start + 1)
+                alone_until = min(len(items), start + max(1, workers) * PREFETCH * batch_size)
+            else:
+                logger.warning("a decode worker died (out of memory?); trying again from file %d", start + 1)
+                died_at = start
+
+
+KILLED = ("the decoding process was killed while reading it (out of memory? --max-pixels lowers the limit "
+          "of what is decoded)")
+
+
+def _killed(key: Any, gpu: bool) -> Any:
+    """A batch holding no image and one failure: the file whose decoding killed its worker."""
+    sample = _Sample(key, None, (0, 0), "", KILLED)
+    return _collate_raw([sample]) if gpu else _collate([sample])
 
 
 def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
@@ -125,16 +196,12 @@ def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: Reade
     """Decode ``(key, path)`` items in order, ``workers`` processes in parallel.
 
     ``gpu_device``: a CUDA device to decode JPEGs on (nvJPEG); None decodes everything on the CPU.
+    A file whose decoding kills its worker process comes back as a failure; the others are decoded.
     """
     if not items:
         return
     gpu = gpu_device is not None
-    loader = DataLoader(
-        _Files(items, pre, cfg, gpu_jpeg=gpu), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate_raw if gpu else _collate, pin_memory=pin_memory,
-        worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
-    )
+    loader = _decoded(items, pre, cfg, batch_size, workers, pin_memory, gpu)
     if not gpu:
         yield from loader
         return
@@ -145,4 +212,4 @@ def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: Reade
         failures = [(s.key, s.error) for s in samples if s.error is not None]
         failures += [(ok[i].key, why) for i, why in failed]
         yield Batch([ok[i].key for i in kept], pixels, [ok[i].size for i in kept],
-                    [ok[i].digest for i in kept], failures)
+                    [ok[i].digest for i in kept], failures, [ok[i].meta for i in kept])

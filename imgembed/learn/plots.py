@@ -38,17 +38,28 @@ def plot_curve(result, path: str | Path, title: str = "") -> Path:
 
 
 def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """PNG bar chart of mAP and R@1 per method and dimension."""
+    """PNG of mAP (with its 95% interval) and R@1 per row, one horizontal pair of bars per row,
+    the values printed on the bars and the full row names beside them."""
     plt = _pyplot()
-    labels = [f"{r['method']}\n{r['dim']}-d" for r in rows]
-    xs = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5), dpi=100)
-    ax.bar(xs - 0.2, [100 * r["mAP"] for r in rows], 0.4, label="mAP")
-    ax.bar(xs + 0.2, [100 * r["R@1"] for r in rows], 0.4, label="R@1")
-    ax.set_xticks(xs, labels, fontsize=7, rotation=45, ha="right")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend()
+    labels = [f"{r['method']}, {r['dim']}-d" for r in rows]
+    ys = np.arange(len(rows))[::-1]
+    height = 0.38
+    width = 7.5 + 0.075 * max(len(s) for s in labels)
+    fig, ax = plt.subplots(figsize=(width, 1.1 + 0.42 * len(rows)), dpi=100)
+    m = np.array([100 * r["mAP"] for r in rows])
+    err = None
+    if all("mAP_lo" in r for r in rows):
+        err = np.array([[100 * (r["mAP"] - r["mAP_lo"]) for r in rows], [100 * (r["mAP_hi"] - r["mAP"]) for r in rows]])
+    ax.barh(ys + height / 2, m, height, xerr=err, capsize=2, label="mAP (95% interval)", color="tab:blue")
+    r1 = np.array([100 * r["R@1"] for r in rows])
+    ax.barh(ys - height / 2, r1, height, label="R@1", color="tab:orange")
+    for y, a, b in zip(ys, m, r1):
+        ax.text(1, y + height / 2, f"{a:.1f}", va="center", ha="left", fontsize=8, color="white", weight="bold")
+        ax.text(1, y - height / 2, f"{b:.1f}", va="center", ha="left", fontsize=8, color="black")
+    ax.set_yticks(ys, labels, fontsize=9)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("%")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "retrieval quality by method and dimension")
     fig.tight_layout()
     path = Path(path)

@@ -8,9 +8,11 @@ validation split (early stopping):
 
 - supervised (``labels="folders"``): the loss sees the class of each photo; the validation score
   is the mAP of validation photos searched against the training photos.
-- self-supervised (``labels="none"``): the classes are replaced by pseudo-labels from several
-  spherical k-means clusterings of the PCA features (:mod:`imgembed.learn.pseudo_labels`). The
-  validation score is the negated loss of the validation photos assigned to the same clusters.
+- label-free (``labels="none"``): no loss and no epochs. The linear map is fitted in closed form by
+  neighbourhood distillation (:func:`imgembed.index.projection.distil`) on the training photos, and
+  kept only if it beats the PCA projection by the held-out neighbourhood consistency of the
+  validation photos (:func:`imgembed.index.projection.consistency`); otherwise the head *is* that
+  PCA projection, and the result says so.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import torch
 from torch import nn
 
 from imgembed.config import LABEL_MODES, TrainCfg, check_choice
+from imgembed.index import projection
 from imgembed.learn.baselines import linear_head, pca_basis
 from imgembed.learn.losses import ProxyAnchor, create_loss
 from imgembed.learn.metrics import mean_average_precision
-from imgembed.learn.pseudo_labels import assign, cluster_sizes, spherical_kmeans
 from imgembed.model.head import ProjectionHead
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,14 @@ class TrainResult:
     def describe(self, cfg: TrainCfg) -> str:
         """One sentence: what was trained, on how many photos, how long, and what early stopping kept."""
         s = self.summary()
-        kind = "supervised" if cfg.labels == "folders" else "self-supervised"
+        if cfg.labels == "none":
+            start, end = self.history[0]["val"], self.history[-1]["val"]
+            verdict = (f"kept: {s['val_metric']} {start:.4f} (PCA) -> {end:.4f}" if self.best_epoch else
+                       f"it did not beat its PCA start ({s['val_metric']} {end:.4f} against {start:.4f}), "
+                       "so the head is the PCA projection")
+            return (f"fitted a {cfg.dim}-d label-free head (neighbourhood distillation) on {s['n_train']} photos "
+                    f"in {self.seconds:.1f} s, judged on {s['n_val']} held-out photos; {verdict}")
+        kind = "supervised"
         return (f"trained a {cfg.dim}-d {kind} head on {s['n_train']} photos ({s['n_val']} for validation) in "
                 f"{self.seconds:.1f} s: kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
                 f"{self.history[0]['val']:.4f} -> {s['best_val']:.4f}")
@@ -81,6 +90,7 @@ class _Data(NamedTuple):
     y: np.ndarray | None  # int64 (N,) class codes, supervised only
     yv: np.ndarray | None  # int64 (V,)
     n_classes: int
+    refit: np.ndarray | None = None  # label-free, validation held out of feats: all of them, for the final fit
 
 
 class _Task(NamedTuple):
@@ -101,7 +111,9 @@ def _prepare(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg, val
     if supervised and (labels is None or len(labels) != len(feats)):
         raise ValueError("supervised training needs one label per photo (sub-folder names); use --labels none without")
     str_labels = np.asarray(labels) if supervised else None
+    everything = None
     if val_feats is None:
+        everything = feats
         tr, va = split_validation(len(feats), str_labels, cfg.val_fraction, cfg.seed)
         val_feats, feats = feats[va], feats[tr]
         if supervised:
@@ -113,7 +125,7 @@ def _prepare(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg, val
                          "validation (need at least 4 and 1)")
     xv = np.asarray(val_feats, dtype=np.float32)
     if not supervised:
-        return _Data(feats, xv, None, None, 0)
+        return _Data(feats, xv, None, None, 0, everything)
     classes = sorted(set(str_labels.tolist()))
     if len(classes) < 2:
         raise ValueError(f"supervised training needs at least 2 classes (sub-folders), found {classes}")
@@ -140,21 +152,30 @@ def _supervised_task(head: ProjectionHead, x: torch.Tensor, xv: torch.Tensor, d:
     return _Task([loss], [torch.from_numpy(d.y)], validate, "val mAP", {})
 
 
-def _pseudo_label_task(head: ProjectionHead, x: torch.Tensor, xv: torch.Tensor, d: _Data, cfg: TrainCfg) -> _Task:
-    z0, z0v = _embed(head.eval(), x).numpy(), _embed(head, xv).numpy()
-    sizes = cluster_sizes(len(x), cfg.clusters)
-    cents = [spherical_kmeans(z0, k, cfg.seed + i) for i, k in enumerate(sizes)]
-    targets = [torch.from_numpy(assign(z0, c)) for c in cents]
-    val_sets = [torch.from_numpy(assign(z0v, c)) for c in cents]
-    losses = [create_loss(cfg.loss, cfg.dim, k, cfg.temperature) for k in sizes]
-
-    def validate() -> float:  # the negated loss of the validation photos, assigned to the same clusters
-        head.eval()
-        with torch.no_grad():
-            zv = _embed(head, xv)
-            return -float(np.mean([float(f(zv, v)) for f, v in zip(losses, val_sets)]))
-
-    return _Task(losses, targets, validate, "val -loss", {"clusters": sizes})
+def _label_free(d: _Data, cfg: TrainCfg, ident: dict, t0: float,
+                progress: Callable[[dict], None] | None) -> TrainResult:
+    """Neighbourhood distillation, kept only if it beats PCA by held-out neighbourhood consistency."""
+    if cfg.hidden:
+        raise ValueError("--hidden applies to supervised heads; the label-free head is linear")
+    basis = pca_basis(d.x, cfg.dim, seed=cfg.seed)
+    mean, comps, _ = basis
+    pca = projection.consistency(projection.apply(d.xv, mean, comps), projection.apply(d.x, mean, comps))
+    mean, weight = projection.distil(d.x, cfg.dim, basis=basis)
+    score = projection.consistency(projection.apply(d.xv, mean, weight), projection.apply(d.x, mean, weight))
+    kept = score > pca + projection.KEEP_MARGIN
+    if d.refit is not None:  # the held-out photos came from the training folder: fit the kept map on all
+        basis = pca_basis(d.refit, cfg.dim, seed=cfg.seed)
+        mean, comps, _ = basis
+        if kept:
+            mean, weight = projection.distil(d.refit, cfg.dim, basis=basis)
+    head = linear_head(mean, weight if kept else comps, **ident)
+    history = [{"epoch": 0, "loss": None, "val": pca}, {"epoch": 1, "loss": None, "val": score}]
+    for rec in history if progress else ():
+        progress(rec)
+    n_fit = len(d.refit) if d.refit is not None else len(d.x)
+    return TrainResult(head, history, int(kept), "held-out neighbourhood consistency", time.perf_counter() - t0,
+                       n_fit, len(d.xv), {"method": "neighbourhood distillation", "kept": bool(kept),
+                                          "judged_on": len(d.x)})
 
 
 def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
@@ -164,20 +185,22 @@ def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
     """Train a head on raw features ``feats (N, D)``.
 
     ``labels`` are the class names (required for ``cfg.labels == "folders"``, ignored for
-    ``"none"``). Without ``val_feats`` a ``cfg.val_fraction`` of the photos is held out for
+    ``"none"``, which fits in closed form: see the module docstring). Without ``val_feats`` a ``cfg.val_fraction`` of the photos is held out for
     early stopping. ``progress`` receives each epoch's record. Raises ValueError on bad input.
     """
     t0 = time.perf_counter()
     check_choice("label mode", cfg.labels, LABEL_MODES)
     d = _prepare(feats, labels, cfg, val_feats, val_labels)
+    if cfg.labels == "none":
+        return _label_free(d, cfg, {"backbone": backbone, "backbone_fingerprint": backbone_fingerprint}, t0,
+                           progress)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         mean, comps, _ = pca_basis(d.x, cfg.dim, seed=cfg.seed)
         head = linear_head(mean, comps, hidden=cfg.hidden, backbone=backbone,
                            backbone_fingerprint=backbone_fingerprint).requires_grad_(True)
         x, xv = torch.from_numpy(d.x), torch.from_numpy(d.xv)
-        make_task = _supervised_task if cfg.labels == "folders" else _pseudo_label_task
-        task = make_task(head, x, xv, d, cfg)
+        task = _supervised_task(head, x, xv, d, cfg)
         history, best_epoch = _fit(head, task, x, cfg, progress)
     return TrainResult(head.eval().requires_grad_(False), history, best_epoch, task.val_metric,
                        time.perf_counter() - t0, len(d.x), len(d.xv), task.extra)

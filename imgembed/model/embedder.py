@@ -18,9 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA, then MPS, then the CPU. Raises ValueError for a name not in DEVICES."""
+    """``auto``: CUDA, then MPS, then the CPU. Raises ValueError for a name not in DEVICES, or for a
+    device this machine does not have."""
     if check_device(name) != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU can be used on this machine "
+                             "(torch.cuda.is_available() is false); use --device cpu or auto")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

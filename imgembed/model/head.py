@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,8 +19,7 @@ from torch import nn
 HEAD_FORMAT = 1
 
 
-class HeadError(RuntimeError):
-    """A head file is missing, malformed, or does not fit the backbone."""
+from imgembed.errors import HeadError  # noqa: E402  (defined beside nothing heavy; raised here)
 
 
 @dataclass
@@ -64,6 +64,18 @@ class ProjectionHead(nn.Module):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def linear_head(mean: np.ndarray, weight: np.ndarray, backbone: str = "", backbone_fingerprint: str = "",
+                hidden: int = 0) -> ProjectionHead:
+    """A :class:`ProjectionHead` with the given centring ``mean (D,)`` and linear map ``weight (d, D)``
+    (plus, with ``hidden``, a residual MLP branch that starts at zero, so the head starts linear)."""
+    head = ProjectionHead(HeadCfg(in_dim=weight.shape[1], out_dim=weight.shape[0], hidden=hidden,
+                                  backbone=backbone, backbone_fingerprint=backbone_fingerprint))
+    with torch.no_grad():
+        head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        head.proj.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+    return head.eval().requires_grad_(False)
 
 
 def check_fits(head: ProjectionHead, backbone) -> None:
@@ -130,6 +142,10 @@ def load_head(path: str | Path) -> ProjectionHead:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise HeadError(f"{weights}: not a safetensors file ({e})") from e
+    broken = sorted(k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:  # its vectors would be NaN, and every search of them empty
+        raise HeadError(f"{weights} holds weights that are not finite (NaN or infinity) in {', '.join(broken)}; "
+                        "train the head again")
     head = ProjectionHead(cfg)
     try:
         head.load_state_dict(state, strict=True)

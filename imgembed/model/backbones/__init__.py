@@ -16,11 +16,8 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
+from imgembed.errors import BackboneError  # noqa: E402  (defined beside nothing heavy; raised here)
 from imgembed.ingest.preprocess import Preprocess
-
-
-class BackboneError(RuntimeError):
-    """A backbone cannot be built: unknown name, or weights that cannot be had."""
 
 
 class Backbone(nn.Module):
