@@ -42,9 +42,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_url(tmp_path_factory, tmp_path):
-    index = demo_index(tmp_path_factory)
+def _serve(index, tmp_path):
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "w+")
     env = {**os.environ, "IMGEMBED_INDEX": str(index), "PYTHONPATH": str(ROOT)}
@@ -91,6 +89,26 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture
+def app_url(tmp_path_factory, tmp_path):
+    yield from _serve(demo_index(tmp_path_factory), tmp_path)
+
+
+@pytest.fixture
+def dup_url(tmp_path_factory, tmp_path):
+    """The app on an index of the sample photos plus the demo's copies of six of them (make demo)."""
+    from imgembed.config import EmbedCfg, IndexJobCfg
+    from imgembed.indexer import index_folder
+
+    copies = tmp_path / "demo-copies"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_copies.py"), str(ASSETS), str(copies)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    index = tmp_path / "dup-index"
+    for folder in (ASSETS, copies):
+        index_folder(folder, index, IndexJobCfg(embed=EmbedCfg(workers=0)))
+    yield from _serve(index, tmp_path)
 
 
 def _wait_idle(page) -> None:
@@ -178,3 +196,31 @@ def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser fir
     page.screenshot(path=str(out / "app-map.png"), full_page=True)
     print(f"\nbrowser flow {time.perf_counter() - t0:.1f} s; latency shown: first upload '{first}', "
           f"warm upload '{warm}', more like this '{third}'; screenshots {shot} and {out / 'app-map.png'}")
+
+
+def test_duplicates_review_in_chromium(browser, dup_url):
+    page = browser.new_page(viewport={"width": 1440, "height": 1500})
+    page.goto(dup_url, wait_until="domcontentloaded")
+    page.get_by_text("Duplicates", exact=True).wait_for(timeout=180_000)
+    page.get_by_text("Duplicates", exact=True).click()
+    page.get_by_text(re.compile(r"^Group 1")).wait_for(timeout=120_000)
+    _wait_idle(page)
+    groups = page.locator('[data-testid="stMarkdownContainer"]').filter(
+        has_text=re.compile(r"^Group \d+ · ")).all_inner_texts()
+    assert len(groups) == 6, groups  # the six photos the demo copies
+    assert "identical bytes" in groups[0]  # byte copies first
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / "app-duplicates-top.png"))
+    page.get_by_text("Tick all but the suggested keepers").click()
+    page.get_by_text(re.compile(r"\d+ files ticked")).wait_for(timeout=60_000)
+    _wait_idle(page)
+    ticked = page.get_by_text(re.compile(r"\d+ files ticked")).inner_text()
+    assert ticked.startswith("11 files ticked"), ticked
+    page.screenshot(path=str(out / "app-duplicates.png"), full_page=True)
+    buttons = page.locator('[data-testid="stDownloadButton"]')
+    assert buttons.count() == 2, buttons.all_inner_texts()
+    with page.expect_download() as dl:
+        buttons.filter(has_text="script").locator("button").click()
+    script = Path(dl.value.path()).read_bytes()
+    assert script.startswith(b"#!/bin/sh") and script.count(b"\nmove ") == 11 and b"rm " not in script
