@@ -254,3 +254,19 @@ def test_the_fit_keeps_distillation_only_when_it_beats_pca():
     assert fit.weight.shape == (8, 64) and np.isfinite(fit.weight).all()
     assert reproject.describe({"projection": {"method": fit.method, "raw": {"dim": 64}, "dim": 8, "fitted_on": 360,
                                               "contents": 400}}).endswith("64 -> 8, fitted on 360 of 400 photos")
+
+
+def test_photos_added_while_turning_it_off_and_a_lost_projection_file(tmp_path, small):
+    folder = tmp_path / "p"
+    write_photos(folder, 30)
+    ix = tmp_path / "ix"
+    index_folder(folder, ix, tiny_cfg())
+    (ix / read_manifest(ix)["head"]).write_bytes(b"damaged")
+    with pytest.raises(StoreError, match="--projection off"):
+        index_folder(folder, ix, tiny_cfg())
+    write_photos(folder, 3, start=100)
+    s = index_folder(folder, ix, tiny_cfg(index=IndexCfg(projection="off")))  # new photos embedded meanwhile
+    assert s.indexed == 3 and read_manifest(ix)["dim"] == 32
+    vec = stored(ix)
+    assert len(vec) == 33 and {len(v) for v in vec.values()} == {32}
+    assert Snapshot(ix).index.ntotal == 33

@@ -149,10 +149,12 @@ def load(index_dir: Path, state: dict) -> tuple[np.ndarray, np.ndarray] | None:
         return head_file.decode(path.read_bytes())
     except (OSError, ValueError) as e:
         raise StoreError(f"cannot read the index's projection {path} ({e}); run imgembed index FOLDER "
-                         f"--index {index_dir} --projection off, then auto again, to fit it anew") from e
+                         f"--index {index_dir} --projection off, then --projection auto, to fit it anew "
+                         "(nothing is embedded again)") from e
 
 
-def project(x: np.ndarray, proj: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(float16 raw features, projected vectors)`` of unit features ``x`` as the index stores them."""
+def project(x: np.ndarray, proj: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(float16 raw features, the vectors stored)`` of unit features ``x``: their projection, or
+    (``proj`` None: the projection is being turned off) the features as float16 holds them."""
     raw = np.asarray(x, np.float32).astype(np.float16)
-    return raw, projection.apply(raw.astype(np.float32), *proj)
+    return raw, projection.apply(raw.astype(np.float32), *proj) if proj is not None else raw.astype(np.float32)

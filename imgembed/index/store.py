@@ -221,7 +221,8 @@ class StoreWriter:
         self.dim = int(self.manifest["dim"])
         self.projection = self.manifest.get("projection")
         self.raw_dim = int(raw_identity(self.manifest)["dim"])
-        self._proj = reproject.load(self.dir, self.manifest)
+        # (turning it off needs only the raw features: a projection file that cannot be read is no obstacle)
+        self._proj = reproject.load(self.dir, self.manifest) if self.index_cfg.projection != "off" else None
 
     def _write_manifest(self, manifest: dict) -> None:
         try:
@@ -344,7 +345,7 @@ class StoreWriter:
                 if not np.isfinite(vectors).all():  # NaN would make every search come back empty
                     raise StoreError(f"refusing {int((~np.isfinite(vectors).all(axis=1)).sum())} vectors that are "
                                      "not finite (NaN or infinity): the model or its head is broken")
-                if self._proj is not None:
+                if self.projection is not None:  # (with the projection being turned off: the raw features)
                     raw, vectors = reproject.project(vectors, self._proj)
                     self.con.executemany("INSERT OR IGNORE INTO raw(hash, vec) VALUES (?, ?)",
                                          [(f.hash, r.tobytes()) for f, r in zip(files, raw)])
@@ -530,6 +531,7 @@ class StoreWriter:
             (self.dir / name).unlink(missing_ok=True)
         self._forget(*old_files)
         self.projection, self._proj = plan.state["projection"], reproject.load(self.dir, plan.state)
+        self.raw_dim = int(raw_identity(self.manifest)["dim"])
         p = self.projection
         what = (f"projection {p['method']} {self.raw_dim} -> {p['dim']} fitted on {p['fitted_on']} photos "
                 "(--projection off keeps the model's features)" if p else
