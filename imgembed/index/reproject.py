@@ -33,7 +33,6 @@ class Plan(NamedTuple):
     state: dict  # the manifest's STATE_KEYS after it
     vectors: dict[str, bytes]  # content hash -> its vector in the new space (float32 bytes)
     files: dict[str, bytes]  # head files to write: name -> bytes
-    moves_raw: bool  # the raw features move to the raw table now (the first fit)
     off: bool  # back to the model's own features
 
 
@@ -123,7 +122,7 @@ def plan(con: sqlite3.Connection, tx: Callable, gen: int, mode: str, live: list[
                                 [(h, v.astype(np.float16).tobytes()) for h, v in zip(hashes, x)])
         y = projection.apply(x, fit.mean, fit.weight) if fit is not None else x
         vectors.update((h, np.ascontiguousarray(v, np.float32).tobytes()) for h, v in zip(hashes, y))
-    return Plan(state, vectors, files, moves_raw and fit is not None, fit is None)
+    return Plan(state, vectors, files, fit is None)
 
 
 def commit(con: sqlite3.Connection, p: Plan) -> None:

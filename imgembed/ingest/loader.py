@@ -158,16 +158,18 @@ def _report_dead_workers_in_order() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
-def _worker_died(e: RuntimeError) -> bool:
-    """DataLoader's error for a worker process that died (the OOM killer's SIGKILL, a crash)."""
-    return str(e).startswith("DataLoader worker")
+def _worker_died(e: Exception) -> bool:
+    """DataLoader's error for a worker process that died (the OOM killer's SIGKILL, a crash), or the
+    connection to it reset while its batch was being handed over."""
+    return isinstance(e, (ConnectionError, EOFError)) or str(e).startswith("DataLoader worker")
 
 
 def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int,
              workers: int, pin_memory: bool, gpu: bool) -> Iterator[Any]:
     """The loader's batches of ``items`` in order, surviving decode workers that die.
 
-    A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise. The files from the
+    A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise (or the batch it
+    was handing over arrive as a reset connection). The files from the
     first batch not yet delivered are tried again with fresh workers; if the workers die again at the
     same place, the files that were in flight are decoded one at a time by a single worker, so that
     the file that kills it is found, reported as a failure and skipped, and the rest are kept.
@@ -184,7 +186,7 @@ def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg
             for batch in batches:
                 yield batch
                 start = min(len(items), start + size)
-        except RuntimeError as e:
+        except (RuntimeError, ConnectionError, EOFError) as e:
             if not workers or not _worker_died(e):
                 raise
             if alone:  # one worker, one file in flight: this file killed it
