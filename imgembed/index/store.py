@@ -533,7 +533,8 @@ class StoreWriter:
         self.projection, self._proj = plan.state["projection"], reproject.load(self.dir, plan.state)
         self.raw_dim = int(raw_identity(self.manifest)["dim"])
         p = self.projection
-        what = (f"projection {p['method']} {self.raw_dim} -> {p['dim']} fitted on {p['fitted_on']} photos "
+        method = "distilled" if p and p["method"] == "distil" else "PCA"
+        what = (f"projection {method} {self.raw_dim} -> {p['dim']} fitted on {p['fitted_on']:,} photos "
                 "(--projection off keeps the model's features)" if p else
                 f"projection off: back to the model's {self.raw_dim}-d features")
         return replace(stats, projection=what)
