@@ -427,7 +427,7 @@ def collection_view(searcher: Searcher) -> None:
     cols[3].metric("Index type", info.index_type or "empty")
     cols[4].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
     cols[5].metric("Generation", info.generation)
-    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · "
+    st.caption(f"Backbone {md(info.backbone)} · head {md(info.head or 'none')} · projection {md(info.projection)} · "
                f"database-side augmentation {info.dba} · metric {info.metric} · "
                f"index folder {md(info.path)}")
     st.subheader("Map of the collection")
