@@ -363,3 +363,15 @@ def test_a_symlinked_wal_is_named_as_a_link_not_a_full_disk(ix, tmp_path, capsys
     err = capsys.readouterr().err
     assert "meta.sqlite-wal is a symbolic link" in err and "Free disk space" not in err
     assert not (tmp_path / "elsewhere-wal").exists()
+
+
+def test_a_database_whose_tables_do_not_match_its_schema_version_says_so(tmp_path):
+    folder = tmp_path / "p"
+    write_photos(folder, 3)
+    index_folder(folder, tmp_path / "ix", cfg(index=IndexCfg(dba="on")))
+    con = sqlite3.connect(tmp_path / "ix" / index_format.DB)
+    con.executescript("DROP TABLE plain;")  # as an index written by another version might be
+    con.close()
+    write_photos(folder, 1, start=50)
+    with pytest.raises(StoreError, match="written by another version of imgembed"):
+        index_folder(folder, tmp_path / "ix", cfg())

@@ -92,6 +92,10 @@ def _writing(path: Path):
     except sqlite3.DatabaseError as e:
         if is_damage(e):
             raise damaged(path, e) from e
+        if isinstance(e, sqlite3.OperationalError) and ("no such table" in str(e) or "already exists" in str(e)):
+            raise StoreError(
+                f"{path} does not have the tables its schema version says ({e}): it was written by another "
+                "version of imgembed. Index into a new --index folder (or use that version)") from e
         raise StoreError(
             f"cannot write {path}: {e}. Free disk space or make the folder writable, then run again; "
             "the last published index is unchanged and the work committed so far is kept") from e
