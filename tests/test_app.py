@@ -250,7 +250,7 @@ def test_missing_index_explains_and_builds_one_from_the_page(photos, tmp_path, m
     at.button[0].click().run()
     assert not at.exception and not at.error
     done = " ".join(s.value for s in at.success)
-    assert "indexed 12" in done and "12 images in the index" in done and "images/s" in done
+    assert "found 12 images: 12 new; 12 images in the index" in done and "images/s" in done
     assert any(c.value.startswith("12 photos") for c in at.caption)
     assert len(at.selectbox(key="pick").options) == 12  # the new index is open and searchable
     assert (target / "manifest.json").is_file()
@@ -262,7 +262,7 @@ def test_bad_folder_typed_into_the_page_is_explained(tmp_path, monkeypatch):
     at.text_input(key="first-backbone").input(TINY)
     at.button[0].click().run()
     assert not at.exception
-    assert any("Could not index that folder" in e.value and "not a folder" in e.value for e in at.error)
+    assert any("Could not index that folder" in e.value and "no such folder" in e.value for e in at.error)
 
 
 def test_mismatched_index_is_explained(photos, tmp_path, monkeypatch):

@@ -83,6 +83,13 @@ class Searcher:
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
                          faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off")
 
+    def require_photos(self) -> None:
+        """Raise StoreError when the index holds no photo: every search would come back empty."""
+        self.snapshot.refresh()
+        if self.snapshot.count == 0:
+            raise StoreError(f"the index at {self.dir} is empty: it holds no photos. Index a folder into it "
+                             f"first: imgembed index YOUR_PHOTOS --index {self.dir}")
+
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
                        qe: bool = False) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries (q, dim)``, best first.
