@@ -234,13 +234,17 @@ def cmd_index(a: argparse.Namespace) -> int:
     finally:
         close()
     _print_summary(summary)
-    return 0
+    return 0 if summary.ok else 1
 
 
 def cmd_search(a: argparse.Namespace) -> int:
     from imgembed.query.search import Searcher
 
     s = Searcher(a.index, device=a.device, mmap=a.mmap)
+    s.require_photos()
+    if not a.text and not os.path.lexists(a.query):
+        raise FileNotFoundError(f"{a.query}: no such file; to search by a description, add --text "
+                                "(it needs an index built with a CLIP backbone, open_clip:...)")
     if a.text:
         if not s.embedder.has_text:
             raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
