@@ -426,7 +426,8 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
     update, close = _tqdm_progress(show_progress(a))
     try:
         summary = embed_to_shards(a.folder, a.shards_out, _job_cfg(a),
-                                  RayCfg(address=a.ray_address, shard_size=a.shard_size), progress=update)
+                                  RayCfg(address=a.ray_address, shard_size=a.shard_size, quiet=not a.verbose),
+                                  progress=update)
     except JobFailed as e:
         say(f"error: {e}", err=True)
         return 1
