@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/imgembed index assets/photos --index $(DEMO_INDEX)
 	$(BIN)/imgembed search $(DEMO_QUERY) --index $(DEMO_INDEX) -k 5
-	IMGEMBED_INDEX=$(DEMO_INDEX) $(BIN)/streamlit run app.py
+	$(BIN)/python scripts/run_app.py --index $(DEMO_INDEX)  # prints the app's address (8502... when 8501 is busy)
 
 test: venv browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
