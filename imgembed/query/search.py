@@ -15,7 +15,7 @@ from imgembed.identity import check_identity
 from imgembed.index import faiss_index
 from imgembed.index.format import Row, StoreError
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.reader import ImageSkipped, decode_query, read_bytes
+from imgembed.ingest.reader import ImageSkipped, content_hash, decode_query, read_bytes
 from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
 
@@ -27,6 +27,7 @@ class Query(NamedTuple):
     image: bytes = b""
     id: int = -1
     text: str = ""
+    name: str = ""  # an image's file name, as shown
 
 
 class Hit(NamedTuple):
@@ -34,6 +35,18 @@ class Hit(NamedTuple):
     path: str  # absolute path (undecodable bytes shown as U+FFFD)
     score: float  # cosine similarity
     row: Row
+
+
+class Answer(NamedTuple):
+    """The hits of a query, and the query photo's own entries, which the hits never include: the
+    photo of an ``id`` query and every indexed file with the same bytes as the query image."""
+
+    hits: list[Hit]
+    itself: list[Row]
+
+    def above(self, min_score: float) -> list[Hit]:
+        """The hits scoring at least ``min_score`` (all of them at 0)."""
+        return [h for h in self.hits if h.score >= min_score] if min_score > 0 else list(self.hits)
 
 
 @dataclass
@@ -163,6 +176,32 @@ class Searcher:
 
     def search_text(self, text: str, k: int = 10, qe: bool = False) -> list[Hit]:
         return self.search_vectors(self.embedder.embed_text([text]), k, qe=qe)[0]
+
+    def answer(self, query: Query, k: int = 10, qe: bool = False) -> Answer:
+        """The ``k`` best hits of ``query``, the query photo itself left out, however it was asked:
+        an image whose bytes the index holds (an upload of an indexed photo) finds the same as a
+        search from that photo. Raises as :meth:`search`."""
+        if query.kind == "text":
+            return Answer(self.search_text(query.text, k, qe), [])
+        with self.snapshot.read():
+            if query.kind == "id":
+                row = self.snapshot.rows([query.id]).get(query.id)
+                if row is None:
+                    raise StoreError(f"no photo with id {query.id} in {self.dir}")
+                itself = self.snapshot.rows_with_hash(row.hash)
+            elif query.kind == "image":
+                itself = self.snapshot.rows_with_hash(content_hash(query.image))
+            else:
+                raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
+        exclude = {r.id for r in itself} | ({query.id} if query.kind == "id" else set())
+        if query.kind == "id":
+            vec = self.snapshot.vectors([query.id]).get(query.id)
+            if vec is None:
+                raise StoreError(f"no photo with id {query.id} in {self.dir}")
+            vec = vec[None]
+        else:
+            vec = self.embed_image_bytes(query.image)
+        return Answer(self.search_vectors(vec, k, exclude=exclude, qe=qe)[0], itself)
 
     def search(self, query: Query, k: int = 10, qe: bool = False) -> list[Hit]:
         """Answer any :class:`Query` (``qe``: with query expansion). Raises ImageSkipped for a bad
