@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -25,6 +26,15 @@ DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of a
 def default_index() -> str:
     """``$IMGEMBED_INDEX``, else :data:`DEFAULT_INDEX` (relative to the working folder)."""
     return os.environ.get("IMGEMBED_INDEX") or DEFAULT_INDEX
+
+
+def settings_path() -> Path:
+    """Where the app keeps its settings (the open index, recent ones): ``$IMGEMBED_SETTINGS``, else
+    ``$XDG_CONFIG_HOME/imgembed/app.json`` (``~/.config`` when that is unset)."""
+    if os.environ.get("IMGEMBED_SETTINGS"):
+        return Path(os.environ["IMGEMBED_SETTINGS"])
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "imgembed" / "app.json"
 
 
 def check_device(name: str) -> str:
