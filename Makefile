@@ -13,7 +13,7 @@ venv: $(VENV)/.installed
 # re-pointed at it even when the venv is reused (CI keeps one between runs).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,serve,export]'
 	touch $@
 
 demo: venv

@@ -18,13 +18,16 @@ import streamlit as st
 
 from imgembed.config import (
     DEFAULT_BACKBONE,
+    MAX_UPLOAD_MB,
     BackboneCfg,
     EmbedCfg,
     IndexJobCfg,
     ReaderCfg,
+    default_index,
     query_reader_cfg,
 )
-from imgembed.index.format import Row, StoreError
+from imgembed.index.filters import Filters
+from imgembed.index.format import Meta, Row, StoreError
 from imgembed.indexer import index_folder
 from imgembed.ingest.reader import ImageSkipped, open_image
 from imgembed.model.backbones import BackboneError
@@ -35,8 +38,8 @@ from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggeste
 from imgembed.query.history import QueryHistory
 from imgembed.query.map_view import CollectionMap, build_map, map_figure
 from imgembed.query.present import (
-    UPLOAD_MAX_MB,
-    details,
+        details,
+    meta_line,
     itself_note,
     query_label,
     shown_name,
@@ -44,7 +47,7 @@ from imgembed.query.present import (
     upload_problem,
 )
 from imgembed.query.recent import index_for_page, load_settings, opened, recent_indexes
-from imgembed.query.search import Answer, Query, Searcher
+from imgembed.query.search import Answer, Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
 from imgembed.text import printable
 
@@ -119,6 +122,12 @@ def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> Neighbou
 @st.cache_data(max_entries=4, show_spinner="Drawing the map…")
 def collection_map(index_dir: str, generation: int, _searcher: Searcher) -> CollectionMap | None:
     return build_map(_searcher.snapshot, MAP_MAX, MAP_CELL)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def filter_choices(index_dir: str, generation: int, _searcher: Searcher) -> dict:
+    with _searcher.snapshot.read():
+        return _searcher.snapshot.filter_choices()
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -208,15 +217,14 @@ def show_photo(row: Row, caption: str | None = None, size: int = THUMB_PX, squar
 
 
 @st.dialog("Photo", width="large")
-def photo_dialog(row: Row) -> None:
+def photo_dialog(row: Row, meta: Meta | None = None) -> None:
     """The full-size view of an indexed photo: the picture, its facts and its path."""
     show_photo(row, size=FULL_PX, square=False)
-    facts = details(row)
+    facts = details(row, meta)
     st.markdown("  \n".join(f"**{label}** {md(value)}" for label, value in facts))
     st.code(shown_path(row), language=None, wrap_lines=True)
-    if st.button("More like this", key=f"dialog-more-{row.id}", type="primary"):
-        st.session_state["jump_to"] = row.id  # taken up before the view switch is drawn
-        st.rerun()
+    if st.button("More like this", key=f"dialog-more-{row.id}", type="primary", on_click=go_to_photo, args=(row.id,)):
+        st.rerun()  # the whole page, not just this view, shows the new query
 
 
 def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
@@ -237,8 +245,10 @@ def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
         return
     bar = st.progress(0.0, text="Loading the model and scanning the folder…")
 
+    verbs = {"hash": "Checking known files", "metadata": "Reading photo metadata"}
+
     def progress(stage: str, done: int, total: int) -> None:
-        verb = "Checking known files" if stage == "hash" else "Embedding photos"
+        verb = verbs.get(stage, "Embedding photos")
         bar.progress(done / max(total, 1), text=f"{verb}: {done} / {total}")
 
     cfg = IndexJobCfg(backbone=BackboneCfg(name=backbone.strip()), embed=EmbedCfg(workers=0))
@@ -308,14 +318,34 @@ def no_index_page(index_dir: str, problem: str) -> None:
 # ---------------------------------------------------------------- views
 
 
-def search_view(searcher: Searcher) -> None:
+def filter_sidebar(searcher: Searcher) -> Filters:
+    """The sidebar's filters (the CLI's --under, --after, --before, --camera, --min-width, --ext)."""
+    choices = filter_choices(str(searcher.dir), searcher.snapshot.generation, searcher)
+    st.header("Filters")
+    if not searcher.snapshot.has_meta:
+        st.caption("This index was made before imgembed recorded photo metadata: index its folder once "
+                   "more to filter by date, camera and file type (nothing is embedded again).")
+    folders = [f for f in choices["folders"] if f]
+    under = st.selectbox("Folder", folders, index=None, key="f_under", placeholder="all folders",
+                         help="photos in this folder and the folders inside it")
+    after = st.date_input("Taken on or after", value=None, key="f_after", format="YYYY-MM-DD")
+    before = st.date_input("Taken before", value=None, key="f_before", format="YYYY-MM-DD")
+    camera = st.selectbox("Camera", choices["cameras"], index=None, key="f_camera", placeholder="any camera")
+    min_width = st.number_input("Minimum width (pixels)", min_value=0, value=0, step=100, key="f_min_width")
+    ext = st.multiselect("File types", choices["exts"], key="f_ext", placeholder="all types")
+    return Filters(under=under, after=after.isoformat() if after else None,
+                   before=before.isoformat() if before else None, camera=camera,
+                   min_width=int(min_width) or None, ext=tuple(ext))
+
+
+def search_view(searcher: Searcher, filters: Filters) -> None:
     backbone = searcher.snapshot.manifest["backbone"]
     has_text = searcher.embedder.has_text
     names = pick_list(str(searcher.dir), searcher.snapshot.generation, searcher)
     sync_inputs(names)
     left, right = st.columns(2, gap="large")
     with left:
-        st.file_uploader(f"Upload a photo (up to {UPLOAD_MAX_MB} MB)", key=upload_key(), on_change=on_upload)
+        st.file_uploader(f"Upload a photo (up to {MAX_UPLOAD_MB} MB)", key=upload_key(), on_change=on_upload)
     with right:
         st.selectbox("…or pick a photo from the index", list(names), key="pick",
                      format_func=lambda i: names.get(i, str(i)), on_change=on_pick,
@@ -352,7 +382,10 @@ def search_view(searcher: Searcher) -> None:
             problem = upload_problem(query.name, len(query.image))
             if problem:
                 raise ImageSkipped(problem)
-        answer = searcher.answer(query, k, qe=qe)
+        answer = searcher.answer(query, k, filters, qe=qe)
+    except ValueError as e:  # a filter the index cannot apply
+        st.error(md(str(e)))
+        return
     except ImageSkipped as e:
         st.error(f"**{md(query.name)}** cannot be used as a query: {md(str(e))}. Try another photo.")
         back_button()
@@ -372,8 +405,9 @@ def search_view(searcher: Searcher) -> None:
     with rcol:
         hidden = len(answer.hits) - len(shown)
         st.markdown(f"**{len(shown)} most similar photos** · query answered in **{ms:.0f} ms**"
-                    + (f" · {hidden} below {min_score:.2f} hidden" if hidden else ""))
-        result_grid(searcher, shown)
+                    + (f" · {hidden} below {min_score:.2f} hidden" if hidden else "")
+                    + (f" · filters: {md(filters.describe())}" if filters else ""))
+        result_grid(shown, filtered=bool(filters) and not answer.hits)
 
 
 def back_button() -> None:
@@ -402,9 +436,10 @@ def show_query(searcher: Searcher, query: Query, answer: Answer) -> None:
         st.caption(md(note))
 
 
-def result_grid(searcher: Searcher, hits) -> None:
+def result_grid(hits: list[Hit], filtered: bool = False) -> None:
     if not hits:
-        st.info("No photo reaches the minimum score; lower it to see more.")
+        st.info("No photo matches these filters." if filtered else
+                "No photo reaches the minimum score; lower it to see more.")
         return
     with st.container(key="results"):
         for start in range(0, len(hits), GRID_COLS):
@@ -414,16 +449,18 @@ def result_grid(searcher: Searcher, hits) -> None:
                     result_card(h)
 
 
-def result_card(h) -> None:
-    """A thumbnail, the score and the name (one line), "More like this"; the icon opens the full size."""
-    name = shown_name(h.row)
+def result_card(h: Hit) -> None:
+    """A thumbnail, the score, the name and the date and camera (a line each, cut with an ellipsis,
+    in full on hover), "More like this"; the icon opens the full size."""
+    name, about = shown_name(h.row), meta_line(h.meta)
     show_photo(h.row)
     text, view = st.columns([4, 1], gap="small", vertical_alignment="center")
     text.markdown(f'<div class="ie-score">{h.score:.3f}</div><div class="ie-name" title="{attr(name)}">'
-                  f"{attr(name)}</div>", unsafe_allow_html=True)
+                  f'{attr(name)}</div><div class="ie-name" title="{attr(about)}">{attr(about) or "&nbsp;"}</div>',
+                  unsafe_allow_html=True)
     if view.button("", key=f"view-{h.id}", icon=":material/open_in_full:", type="tertiary",
                    help="full size, with its details and path"):
-        photo_dialog(h.row)
+        photo_dialog(h.row, h.meta)
     st.button("More like this", key=f"more-{h.id}", on_click=go_to_photo, args=(h.id,), width="stretch")
 
 
@@ -485,7 +522,7 @@ def collection_view(searcher: Searcher) -> None:
 
 def main() -> None:
     st.html(CSS)
-    index_dir = index_for_page(st.query_params.get("index"))
+    index_dir = index_for_page(st.query_params.get("index"), default_index())
     try:
         searcher = load_searcher(index_dir)
     except OPEN_ERRORS as e:
@@ -511,11 +548,10 @@ def main() -> None:
         with st.expander("Index another folder"):
             st.caption("New photos are added to the index; unchanged ones are skipped.")
             build_form(index_dir, "more", info.backbone)
+        filters = filter_sidebar(searcher) if info.count else Filters()
     if info.count == 0:
         st.warning("This index is empty. Index a folder of photos (sidebar) to start.")
         return
-    if "jump_to" in st.session_state:  # "More like this" in the full-size view
-        go_to_photo(st.session_state.pop("jump_to"))
     if st.session_state.get("view") not in VIEWS:
         wanted = st.query_params.get("view", "").capitalize()
         st.session_state["view"] = wanted if wanted in VIEWS else VIEWS[0]
@@ -523,7 +559,7 @@ def main() -> None:
     if st.query_params.get("view") != view.lower():
         st.query_params["view"] = view.lower()
     if view == "Search":
-        search_view(searcher)
+        search_view(searcher, filters)
     elif view == "Duplicates":
         duplicates_view(searcher)
     else:

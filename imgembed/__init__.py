@@ -6,3 +6,14 @@ Data flow: :mod:`imgembed.ingest.fs` finds files -> :mod:`imgembed.ingest.reader
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["open_index", "open_folder", "Filters"]
+
+
+def __getattr__(name: str):
+    """``imgembed.open_index`` and friends, imported on first use (``import imgembed`` stays light)."""
+    if name in __all__:
+        from imgembed import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'imgembed' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Command line: ``imgembed index | search | info | eval | verify | train-head``. Parses, calls the library, prints."""
+"""Command line: ``imgembed index | search | similar | info | export | serve | eval | verify | train-head``.
+Parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -41,9 +42,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: printed as one line, exit status 1, no traceback.
 
     OSError last: a full disk, a folder given for a file, a path that is gone."""
-    from imgembed.ingest.reader import ImageSkipped
-    from imgembed.model.backbones import BackboneError
-    from imgembed.model.head import HeadError
+    from imgembed.errors import BackboneError, HeadError, ImageSkipped
 
     return (StoreError, BackboneError, HeadError, ImageSkipped, ValueError, OSError)
 
@@ -103,6 +102,37 @@ def _add_mmap_arg(p: argparse.ArgumentParser) -> None:
                    help="memory-map the vector index instead of reading it into memory (large indexes)")
 
 
+def _add_qe_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qe", action="store_true",
+                   help="query expansion: fold the 10 best hits into the query and search again (scores are then "
+                        "cosines to the expanded query)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--csv", metavar="FILE", help="also write the results to FILE as CSV")
+
+
+def _add_filter_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters (combinable; the k best photos among those that match)")
+    g.add_argument("--under", metavar="FOLDER", help="only photos under FOLDER (a path, or a folder inside the index)")
+    g.add_argument("--after", metavar="DATE", help="taken on or after DATE (2023, 2023-06, 2023-06-01, ...)")
+    g.add_argument("--before", metavar="DATE", help="taken before DATE")
+    g.add_argument("--camera", metavar="TEXT", help="camera make or model contains TEXT (any case)")
+    g.add_argument("--min-width", type=int, metavar="N", help="at least N pixels wide")
+    g.add_argument("--ext", metavar="LIST", help="only these file types, e.g. jpg,heic")
+
+
+def _filters(a: argparse.Namespace):
+    from imgembed.index.filters import Filters
+
+    under = a.under
+    if under and not os.path.isabs(under) and os.path.isdir(under):  # a folder seen from here
+        under = os.path.realpath(under)
+    return Filters(under=under, after=a.after, before=a.before, camera=a.camera, min_width=a.min_width,
+                   ext=a.ext or ())
+
+
 def _reader_cfg(a: argparse.Namespace) -> ReaderCfg:
     return ReaderCfg(max_pixels=a.max_pixels, max_bytes=a.max_bytes)
 
@@ -132,17 +162,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="commit embedded vectors this often (a crash loses at most this many)")
     _add_ray_args(p)
 
-    p = sub.add_parser("search", help="find the photos most similar to an image (or a text, with CLIP)")
-    p.add_argument("query", help="an image file, or text with --text")
+    p = sub.add_parser("search", help="find the photos most similar to images (or texts, with CLIP)")
+    p.add_argument("query", nargs="*", help="image files or folders of them, or texts with --text")
     _add_index_arg(p)
-    p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--text", action="store_true", help="QUERY is text (CLIP backbones)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--qe", action="store_true",
-                   help="query expansion: fold the 10 best hits into the query and search again (scores are then "
-                        "cosines to the expanded query)")
+    p.add_argument("-k", type=int, default=10, help="number of results per query")
+    p.add_argument("--text", action="store_true", help="each QUERY is a text (CLIP backbones)")
+    p.add_argument("--from-list", metavar="FILE", help="also every query in FILE, one per line (- reads stdin)")
+    _add_qe_arg(p)
+    _add_output_args(p)
+    _add_filter_args(p)
     _add_device_arg(p)
     _add_mmap_arg(p)
+
+    p = sub.add_parser("similar", help="one shot: the photos of FOLDER most like PHOTO (keeps FOLDER's index in "
+                                       "the cache, updated each time)")
+    p.add_argument("photo", nargs="?", help="an image file (or, with --text, leave it out)")
+    p.add_argument("folder", nargs="?", default=".", help="the folder to search (default: the current one)")
+    p.add_argument("--text", metavar="TEXT", help="describe the photo instead (needs a CLIP --backbone)")
+    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="efficientnet-lite0 (default), open_clip:ARCH:WEIGHTS")
+    _add_qe_arg(p)
+    _add_output_args(p)
+    _add_filter_args(p)
+    _add_device_arg(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("export", help="write every photo's metadata and vector: OUT.parquet, OUT.csv or OUT.npy")
+    p.add_argument("out", help=".parquet (metadata + vectors), .csv (metadata) or .npy (vectors, + .csv beside it)")
+    _add_index_arg(p)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("serve", help="an HTTP API over an index (pip install 'imgembed[serve]')")
+    _add_index_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="file holding the bearer token every request must carry "
+                                        "(or set $IMGEMBED_TOKEN); needed to listen beyond localhost")
+    p.add_argument("--no-token", action="store_true", help="listen beyond localhost without a token (a trusted network)")
+    _add_device_arg(p)
 
     p = sub.add_parser("info", help="what an index holds")
     _add_index_arg(p)
@@ -238,26 +295,121 @@ def cmd_index(a: argparse.Namespace) -> int:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from imgembed.query.search import Searcher
+    from imgembed.api import open_index
+    from imgembed.query.batch import expand
 
-    s = Searcher(a.index, device=a.device, mmap=a.mmap)
-    s.require_photos()
-    if not a.text and not os.path.lexists(a.query):
-        raise FileNotFoundError(f"{a.query}: no such file; to search by a description, add --text "
+    if not a.query and not a.from_list:
+        raise ValueError("give a query: an image file, a folder of them, --from-list FILE, or a text with --text")
+    queries = expand(a.query, a.from_list, a.text)
+    if not queries:
+        raise ValueError(f"no query images in {', '.join(a.query) or a.from_list}")
+    ix = open_index(a.index, device=a.device, mmap=a.mmap)
+    ix.searcher.require_photos()
+    if not a.text and a.from_list is None and len(a.query) == 1 and not os.path.lexists(a.query[0]):
+        raise FileNotFoundError(f"{a.query[0]}: no such file; to search by a description, add --text "
                                 "(it needs an index built with a CLIP backbone, open_clip:...)")
-    if a.text:
-        if not s.embedder.has_text:
-            raise ValueError(f"backbone {s.snapshot.manifest['backbone']} has no text encoder; "
-                             "text search needs an index built with a CLIP backbone (open_clip:...)")
-        hits = s.search_text(a.query, a.k, qe=a.qe)
+    filters = _filters(a)
+    grouped = len(queries) > 1 or a.from_list is not None or not a.text and any(os.path.isdir(q) for q in a.query)
+    if len(queries) == 1 and not grouped:  # one query: any kind the Python API takes (text, image file)
+        from imgembed.query.batch import Answer
+
+        q = queries[0]
+        hits = ix.text(q, a.k, filters, qe=a.qe) if a.text else ix.search(Path(q), a.k, filters, qe=a.qe)
+        answers = [Answer(q, hits)]
     else:
-        hits = s.search_image_file(a.query, a.k, qe=a.qe)
+        answers = list(ix.search_many(queries, a.k, filters, text=a.text, qe=a.qe))
+    return _print_answers(answers, a, grouped)
+
+
+def _print_answers(answers: list, a: argparse.Namespace, grouped: bool) -> int:
+    """Results as text or JSON (one list per query when ``grouped``), and as CSV with --csv."""
+    failed = [x for x in answers if x.error]
+    for x in failed:
+        say(f"skipped query {x.query}: {x.error}", err=True)
+    if a.csv:
+        from imgembed.query.export import write_hits_csv
+
+        write_hits_csv(a.csv, answers)
     if a.json:
-        print(json.dumps([{"path": h.path, "score": round(h.score, 6), "width": h.row.width,
-                           "height": h.row.height} for h in hits], indent=2))
+        if grouped:
+            out = [{"query": x.query, **({"error": x.error} if x.error else {}),
+                    "results": [h.as_dict() for h in x.hits]} for x in answers]
+        else:
+            out = [h.as_dict() for h in answers[0].hits]
+        print(json.dumps(out, indent=2))
     else:
-        for rank, h in enumerate(hits, 1):
-            say(f"{rank:3d}  {h.score:.4f}  {h.path}")
+        for n, x in enumerate(answers):
+            if grouped:
+                if n:
+                    say("")
+                say(f"query {x.query}" + (f": skipped ({x.error})" if x.error else ""))
+            _print_hits(x.hits)
+    if failed and len(failed) == len(answers):
+        return 1
+    if failed:
+        say(f"{len(answers) - len(failed)} of {len(answers)} queries answered; {len(failed)} skipped", err=True)
+    return 0
+
+
+def _print_hits(hits: list) -> None:
+    """``rank  score  date  camera  path``; a date from the file's mtime (no EXIF capture time) has a ~."""
+    cams = [h.camera or "-" for h in hits]
+    width = max((len(c) for c in cams), default=1)
+    for rank, (h, cam) in enumerate(zip(hits, cams), 1):
+        date = "-" if not h.taken else ("~" if h.meta.taken_from == "mtime" else " ") + h.taken[:10]
+        say(f"{rank:3d}  {h.score:.4f}  {date:>11s}  {cam:<{width}s}  {h.path}")
+
+
+def cmd_similar(a: argparse.Namespace) -> int:
+    from imgembed.api import open_folder
+    from imgembed.query.batch import Answer
+
+    if a.text is None and a.photo is None:
+        raise ValueError("give a PHOTO, or describe one with --text")
+    if a.text is not None and a.photo is not None:
+        a.photo, a.folder = None, a.photo if a.folder == "." else a.folder  # `similar --text T FOLDER`
+    if a.photo is not None and not os.path.isfile(a.photo):
+        raise FileNotFoundError(f"no such photo: {a.photo}")
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        ix, summary = open_folder(a.folder, a.backbone, a.device, progress=update)
+    finally:
+        close()
+    for path, reason in summary.skipped:
+        say(f"skipped {path}: {reason}", err=True)
+    say(f"{summary.lines()[0]} ({ix.path})", err=True)
+    filters = _filters(a)
+    hits = (ix.text(a.text, a.k, filters, qe=a.qe) if a.text is not None
+            else ix.similar(a.photo, a.k, filters, qe=a.qe))
+    return _print_answers([Answer(a.text if a.text is not None else a.photo, hits)], a, grouped=False)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from imgembed.api import open_index
+
+    ix = open_index(a.index)
+    bar = tqdm(total=ix.info().count, desc="export", unit="img", disable=not show_progress(a), dynamic_ncols=True)
+    try:
+        summary = ix.export(a.out, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    for line in summary.lines():
+        say(line)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from imgembed.serve.http_api import ServeCfg, serve
+
+    token = None
+    if a.token_file:
+        token = Path(a.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"{a.token_file} is empty; put the bearer token in it")
+    token = token or os.environ.get("IMGEMBED_TOKEN") or None
+    serve(ServeCfg(index=a.index, host=a.host, port=a.port, token=token, allow_no_token=a.no_token, device=a.device))
     return 0
 
 
@@ -458,8 +610,9 @@ def _build_index(shards_dir: str, a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "eval": cmd_eval,
-            "verify": cmd_verify, "train-head": cmd_train_head, "build-index": cmd_build_index}
+COMMANDS = {"index": cmd_index, "search": cmd_search, "similar": cmd_similar, "info": cmd_info,
+            "export": cmd_export, "serve": cmd_serve, "eval": cmd_eval, "verify": cmd_verify,
+            "train-head": cmd_train_head, "build-index": cmd_build_index}
 
 
 # Commands that write an index; an interruption of one of them says what became of it.

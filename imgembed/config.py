@@ -28,6 +28,12 @@ def default_index() -> str:
     return os.environ.get("IMGEMBED_INDEX") or DEFAULT_INDEX
 
 
+def cache_dir() -> Path:
+    """Where imgembed keeps what it can recompute: ``$IMGEMBED_CACHE_DIR``, else ``~/.cache/imgembed``
+    (backbone features; the per-folder indexes of ``imgembed similar``)."""
+    return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
+
+
 def settings_path() -> Path:
     """Where the app keeps its settings (the open index, recent ones): ``$IMGEMBED_SETTINGS``, else
     ``$XDG_CONFIG_HOME/imgembed/app.json`` (``~/.config`` when that is unset)."""
@@ -55,14 +61,18 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
 # Image formats imgembed reads: file suffix -> the Pillow plugin that decodes it. Files are opened
 # with these plugins only, whatever their bytes claim to be (a PostScript file named .jpg must never
 # reach Pillow's EPS plugin, which runs Ghostscript on it). ReaderCfg.extensions, the app's upload
-# types and the reader's plugin list all come from here.
+# types and the reader's plugin list all come from here. HEIF (.heic/.heif, the iPhone default) is
+# decoded by pillow-heif's plugin, AVIF by Pillow's own.
 IMAGE_FORMATS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
-    ".tif": "TIFF", ".tiff": "TIFF",
+    ".tif": "TIFF", ".tiff": "TIFF", ".heic": "HEIF", ".heif": "HEIF", ".avif": "AVIF",
 }
 # Query images (an upload in the app, `imgembed search FILE`) may declare at most this many pixels:
 # fewer than for indexing, since several users of the app may decode at once (README, "Bad input").
 QUERY_MAX_PIXELS = 50_000_000
+# The largest upload the app and the HTTP API accept, in MB (the app checks it itself and says why;
+# server.maxUploadSize in .streamlit/config.toml is set higher so the page, not the browser, answers).
+MAX_UPLOAD_MB = 25
 
 
 @dataclass

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -28,13 +28,13 @@ from imgembed.config import IMAGE_FORMATS, IndexJobCfg
 from imgembed.index.format import MANIFEST, LiveFile, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
-from imgembed.ingest.reader import ImageSkipped, hash_file
-from imgembed.model.backbones import check_name
-from imgembed.model.embedder import Embedder
-from imgembed.model.head import head_paths
-from imgembed.model.pipeline import embed_files
+from imgembed.ingest.metadata import PhotoMeta, with_fallback
+from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
 from imgembed.model.source import EmbedderSource
 from imgembed.text import printable
+
+if TYPE_CHECKING:  # the model code (and torch) is imported only when something is embedded
+    from imgembed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class IndexSummary:
     copied: int = 0  # paths the index did not have, with content it still has at another path
     unchanged: int = 0  # same path, same content (a touched file included)
     deleted: int = 0  # entries whose file is gone and whose content no new path took
+    metadata: int = 0  # photos indexed before metadata was recorded whose metadata was read now
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     indexed: int = 0  # decoded and embedded in this run (new content)
     unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
@@ -102,6 +103,9 @@ class IndexSummary:
              + ("; model compiled with torch.compile, once: --compile off skips it" if self.compiled else "")
              + f"), {self.seconds:.1f} s in all") if self.indexed else f"nothing to embed, {self.seconds:.1f} s in all",
         ]
+        if self.metadata:
+            out.append(f"metadata (capture time, camera, GPS) read for {self.metadata} photos indexed before; "
+                       "nothing re-embedded")
         if self.publish is not None:
             out.append(self.publish.describe())
         return out
@@ -139,11 +143,15 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         raise FileNotFoundError(f"{root}: no such folder")
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is a file, not a folder; pass the folder that holds your photos")
-    check_name(cfg.backbone.name)  # a typo is reported before the scan
+    exists = (Path(index_dir) / MANIFEST).is_file()
+    recorded = read_manifest(index_dir) if exists else None
+    if recorded is None or recorded.get("backbone") != cfg.backbone.name:  # a typo is reported before the scan
+        from imgembed.model.backbones import check_name  # (imports torch: not for an index's own backbone)
+
+        check_name(cfg.backbone.name)
     t0 = time.perf_counter()
     summary = IndexSummary(str(root))
     scan = fs.scan(root, cfg.reader)  # before the index is opened: a folder with no images changes nothing
-    exists = (Path(index_dir) / MANIFEST).is_file()
     if not scan.files and not scan.skipped:
         unread = scan.unread_line()
         raise NothingToIndex(
@@ -151,9 +159,13 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
             + (f" ({unread})" if unread else "")
             + ("; the index is unchanged (it keeps the entries of a folder that is empty or not mounted: "
                "imgembed verify --repair --drop-missing drops the entries of files that are gone)" if exists else ""))
-    recorded = read_manifest(index_dir) if exists else None
     source = EmbedderSource(cfg.backbone, cfg.head, index_dir, recorded, embedder)
-    heads = head_paths(cfg.head) if cfg.head else ()
+    if cfg.head:
+        from imgembed.model.head import head_paths
+
+        heads = head_paths(cfg.head)
+    else:
+        heads = ()
     with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
         if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
             source.get()
@@ -170,6 +182,7 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
             plan.changed = {f.relpath for f in todo if f.relpath in plan.live}
             store.remove(plan.live[rel].id for rel in plan.changed)
         store.remove(v.id for v in plan.gone.values())
+        _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo:
             _embed(store, root, root_id, todo, source.get(), cfg, plan, summary, progress)
         moved = store.drop_moved(root_id)
@@ -206,16 +219,17 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
     whose content is new, to embed."""
 
     def one(f: fs.FileEntry):
+        path = fs.abspath(root, f.relpath)
         try:
-            return f, hash_file(fs.abspath(root, f.relpath), cfg.reader), None
+            return f, hash_file(path, cfg.reader), None, read_metadata(path, cfg.reader)
         except ImageSkipped as e:
-            return f, None, str(e)
+            return f, None, str(e), None
 
     hashed = []
     touched = []  # (id, size, mtime_ns)
     stale = []  # entries of paths whose file is no longer their content, or cannot be read
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for n, (f, digest, err) in enumerate(pool.map(one, todo), 1):
+        for n, (f, digest, err, meta) in enumerate(pool.map(one, todo), 1):
             old = plan.live.get(f.relpath)
             if err:
                 summary.skipped.append((fs.display(f.relpath), err))
@@ -228,18 +242,18 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
                 if old is not None:
                     stale.append(old.id)
                     plan.changed.add(f.relpath)
-                hashed.append((f, digest))
+                hashed.append((f, digest, meta))
             if progress:
                 progress("hash", n, len(todo))
     store.touch(touched)
     store.remove(stale)
-    known = store.known_hashes(d for _, d in hashed)
+    known = store.known_hashes(d for _, d, _ in hashed)
     dims = store.dims_of(known)
     reuse = []
-    for f, d in hashed:
+    for f, d, m in hashed:
         if d not in known:
             continue
-        reuse.append(NewFile(f.relpath, f.size, f.mtime_ns, d, *dims[d]))
+        reuse.append(_new_file(f, d, dims[d], m))
         if f.relpath in plan.changed:
             summary.changed += 1
         elif plan.claim(d):
@@ -248,11 +262,44 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
             summary.copied += 1
             plan.copied_hashes[d] += 1
     store.add(root_id, reuse)
-    return [f for f, d in hashed if d not in known]
+    return [f for f, d, _ in hashed if d not in known]
+
+
+def _new_file(f: fs.FileEntry, digest: str, size: tuple[int, int], meta: PhotoMeta) -> NewFile:
+    return NewFile(f.relpath, f.size, f.mtime_ns, digest, *size, *with_fallback(meta, f.mtime_ns))
+
+
+def _fill_metadata(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCfg, summary: IndexSummary,
+                   progress: Progress | None) -> None:
+    """Read the metadata of photos indexed before it was recorded (an index made by an older
+    imgembed, or by build-index): file headers only, no decoding, no embedding."""
+    missing = store.missing_meta(root_id)
+    if not missing:
+        return
+
+    def one(item: tuple[int, bytes, int]) -> tuple[int, NewFile]:
+        file_id, rel, mtime_ns = item
+        meta = read_metadata(fs.abspath(root, rel), cfg.reader)
+        return file_id, NewFile(rel, 0, mtime_ns, "", 0, 0, *with_fallback(meta, mtime_ns))
+
+    done = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for n, item in enumerate(pool.map(one, missing), 1):
+            done.append(item)
+            if len(done) >= cfg.commit_every:
+                store.set_meta(done)
+                summary.metadata += len(done)
+                done = []
+            if progress:
+                progress("metadata", n, len(missing))
+    store.set_meta(done)
+    summary.metadata += len(done)
 
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
            cfg: IndexJobCfg, plan: _Plan, summary: IndexSummary, progress: Progress | None) -> None:
+    from imgembed.model.pipeline import embed_files
+
     by_rel = {f.relpath: f for f in todo}
     items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
     pending: list[NewFile] = []
@@ -270,10 +317,9 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
                 summary.skipped.append((fs.display(rel), NON_FINITE))
         if batch.keys and finite.any():
             vecs.append(batch.vectors[finite])
-            for rel, (w, h), digest, ok in zip(batch.keys, batch.sizes, batch.digests, finite):
+            for rel, size, digest, meta, ok in zip(batch.keys, batch.sizes, batch.digests, batch.metas, finite):
                 if ok:
-                    f = by_rel[rel]
-                    pending.append(NewFile(rel, f.size, f.mtime_ns, digest, w, h))
+                    pending.append(_new_file(by_rel[rel], digest, size, meta))
                     _count_embedded(rel, digest, plan, summary, seen)
         done += len(batch.keys) + len(batch.failures)
         if len(pending) >= cfg.commit_every:

@@ -1,7 +1,7 @@
 """Search at scale: build time, latency, batch QPS, recall@10 and bytes per vector per index type.
 
     python scripts/bench_search.py N DIM [--queries 1000] [--threads 2] [--types flat,ivf,hnsw,ivfpq]
-                                   [--qe] [--dba N_DBA]
+                                   [--qe] [--dba N_DBA] [--filters 0.01,0.5]
 
 ``--qe``: also the latency of alpha query expansion on the auto index (search, fold the 10 hits'
 vectors into the query, search again; the vectors come from memory here, from SQLite in the store).
@@ -22,6 +22,13 @@ from real photos instead:
    point between a photo and one of its 10 nearest real photos (t ~ U(0, 0.5)), so the set is a
    continuum between similar photos rather than tight blobs. Everything is projected by PCA
    (fitted on the anchors) to DIM and L2-normalised, as a trained head's output would be.
+
+With ``--filters SHARES`` each index type is also searched with filters that keep those shares of
+the photos (a random subset, as a date range or a camera would pick, uncorrelated with what the
+photos show), through :mod:`imgembed.index.filtered_search`: latency per query, the time to build
+the subset once (its selector, and its vectors when they are searched in memory; the index's
+snapshot reads those from SQLite instead, which costs more), and recall@10 against brute force
+over the matching photos.
 
 The script prints neighbour statistics of real crops and synthetic copies side by side (cosine to
 the source photo, cosine to the 1st and 10th neighbour) so the match can be judged. Queries are
@@ -189,6 +196,33 @@ def recall_at(got: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(g[:k]) & set(t[:k])) / k for g, t in zip(got, truth)]))
 
 
+def filtered(index, X: np.ndarray, Q: np.ndarray, shares: list[float], rng: np.random.Generator,
+             label: str, nq: int) -> None:
+    """Latency and recall@10 of filtered queries keeping each share of the vectors (ids 0..n-1)."""
+    from imgembed.index import filtered_search
+
+    n = len(X)
+    for share in shares:
+        keep = np.sort(rng.choice(n, max(1, round(n * share)), replace=False))
+        t = time.perf_counter()
+        in_memory = filtered_search.exact_fits(len(keep), X.shape[1])  # as the snapshot decides
+        subset = filtered_search.Subset(keep, X[keep] if in_memory else None)  # the snapshot reads SQLite
+        build_ms = (time.perf_counter() - t) * 1000
+        queries = Q[:nq]
+        truth = keep[np.argsort(-(queries @ X[keep].T), axis=1)[:, :10]]
+        wall, cpu, got = [], [], []
+        for q in queries:
+            t, c = time.perf_counter(), time.thread_time()
+            got.append(filtered_search.search(index, q[None], 10, subset)[1][0])
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
+        wall, cpu = np.array(wall) * 1000, np.array(cpu) * 1000
+        path = "in memory" if in_memory else "exact, selector" if label == "flat" else "raised probes"
+        print(f"{label:6s} {f'filter keeps {share:.0%} ({path})':34s} {np.percentile(wall, 50):7.2f} "
+              f"{np.percentile(wall, 99):7.2f} {np.percentile(cpu, 50):7.2f} {np.percentile(cpu, 99):7.2f} "
+              f"{recall_at(np.array(got), truth):9.3f} {build_ms:9.1f}", flush=True)
+
+
 def file_bytes(index) -> int:
     import faiss
 
@@ -208,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crops", type=int, default=4)
     p.add_argument("--qe", action="store_true", help="also time query expansion on the auto index")
     p.add_argument("--dba", type=int, default=0, metavar="N_DBA", help="also time DBA of N_DBA vectors")
+    p.add_argument("--filters", help="also search with filters keeping these shares, e.g. 0.01,0.5")
+    p.add_argument("--filter-queries", type=int, default=500, help="queries per filter")
     a = p.parse_args(argv)
 
     import faiss
@@ -276,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:6s} {label:22s} {build_s:8.1f} {lat[0]:7.2f} {lat[1]:7.2f} {lat[2]:7.2f} {lat[3]:7.2f} "
                   f"{qps:10.0f} {recall_at(got, truth):9.3f} {nbytes / a.n:9.0f}", flush=True)
         reset()
+        if a.filters:
+            print(f"{'type':6s} {'filtered search':34s} {'p50 ms':>7s} {'p99 ms':>7s} {'cpu p50':>7s} {'cpu p99':>7s} "
+                  f"{'recall@10':>9s} {'subset ms':>9s}  (subset ms: building the subset, once per filter)")
+            filtered(index, X, Q, [float(v) for v in a.filters.split(",")], rng, kind, a.filter_queries)
         if kind == auto and a.qe:
             qe_latency(index, X, Q, truth)
         if kind == auto:

@@ -86,7 +86,8 @@ def test_opened_remembers_and_the_next_page_opens_it(tmp_path, monkeypatch):
     mtime = f.stat().st_mtime_ns
     opened(ix, f)  # nothing changed: not written again
     assert f.stat().st_mtime_ns == mtime
-    assert index_for_page(None, f) == str(ix)
+    assert index_for_page(None, "fallback", f) == str(ix)
+    assert index_for_page("/url", "fallback", f) == "/url"
     gone = tmp_path / "gone"
     opened(gone, f)
     assert [(r.path, r.exists) for r in recent_indexes(load_settings(f))] == [(str(gone), False), (str(ix), True)]

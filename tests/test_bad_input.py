@@ -97,7 +97,7 @@ def build_corpus(root: Path, outside: Path) -> dict[bytes, tuple[str, str]]:
     put("xmp_metadata.png", xmp_png(), INDEXED)
     swapped = icc_profile(SRGB_PRIMARIES[::-1], "wide gamut")
     put("wide_gamut.jpg", encode(make_photo(8), "JPEG", icc_profile=swapped), INDEXED)
-    for name in ("clip.MOV", "IMG_0001.heic", "IMG_0002.HEIC", "pic.avif"):  # counted, not read
+    for name in ("clip.MOV", "IMG_0001.cr2", "IMG_0002.CR2", "pic.dng"):  # counted, not read (camera RAW)
         (root / name).write_bytes(b"\0" * 16)
     (root / ".trip").mkdir()  # a hidden folder: counted, not entered
     (root / ".trip" / "beach.jpg").write_bytes(good)
@@ -189,7 +189,7 @@ def test_bad_input_corpus_is_indexed_or_skipped_with_a_reason(corpus, tmp_path, 
         assert re.search(expect[name][1], reason), (name, reason)
     n_indexed = sum(o == INDEXED for o, _ in expect.values())
     assert f"embedded {n_indexed} in " in out and f", {len(want_skipped)} skipped;" in out
-    assert "not read: 2 .heic, 1 .avif, 1 .mov, 1 hidden folder (.trip)" in out.splitlines()
+    assert "not read: 2 .cr2, 1 .dng, 1 .mov, 1 hidden folder (.trip)" in out.splitlines()
     assert f"{n_indexed} images in the index" in out
 
     snap = Searcher(tmp_path / "ix").snapshot

@@ -161,7 +161,8 @@ def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser fir
     page.screenshot(path=str(shot), full_page=True)
 
     # "More like this" on the first result makes it the query.
-    top = page.locator('[data-testid="stImage"]').nth(1).inner_text().split(" · ", 1)[1].strip()
+    # a result's caption: "score · name", then a line with the capture date (and camera)
+    top = page.locator('[data-testid="stImage"]').nth(1).inner_text().split(" · ", 1)[1].splitlines()[0].strip()
     page.get_by_text("More like this").first.click()
     third = _wait_for_results(page, top)
     _rendered_images(page, K + 1)

@@ -44,6 +44,8 @@ def _seeds() -> list[bytes]:
         encode(base.convert("RGBA"), "WEBP", lossless=True),
         b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
         encode(make_photo(23, size=(256, 200)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG"),
+        encode(base, "HEIF", quality=80, exif=exif.tobytes()),
+        encode(base, "AVIF", quality=80, exif=exif.tobytes()),
     ]
 
 
@@ -90,6 +92,9 @@ def _decode_or_skip(data: bytes, tmp: str) -> None:
     """The image-loading entry points: bytes (uploads), files (indexing) and thumbnails."""
     with open(tmp, "wb") as f:
         f.write(data)
+    # Metadata is best effort: whatever the bytes, a PhotoMeta comes back and nothing is raised.
+    assert isinstance(reader.metadata_of(data, ReaderCfg()), reader.PhotoMeta)
+    assert isinstance(reader.read_metadata(tmp, ReaderCfg()), reader.PhotoMeta)
     for call in (lambda: reader.decode_query(data, PRE, ReaderCfg(max_pixels=4_000_000)),
                  lambda: reader.decode_file(tmp, PRE, ReaderCfg(max_pixels=4_000_000)),
                  lambda: _thumbnail(tmp)):
@@ -116,7 +121,8 @@ def test_fuzz_mutated_images_only_raise_image_skipped(data):
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True)
 @given(data=st.one_of(st.binary(max_size=2048),
-                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0"])
+                      st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\0",
+                                       b"\0\0\0\x18ftypheic", b"\0\0\0\x1cftypavif"])
                       .flatmap(lambda magic: st.binary(max_size=1024).map(lambda rest: magic + rest))))
 def test_fuzz_random_bytes_only_raise_image_skipped(data):
     with tempfile.NamedTemporaryFile(suffix=".img") as f:

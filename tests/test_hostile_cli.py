@@ -62,7 +62,9 @@ def test_a_file_name_with_a_newline_cannot_forge_output_lines(tmp_path, capsys):
     assert cli.main(["search", str(evil), "--index", str(tmp_path / "ix"), "-k", "4"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert len(lines) == 4 and all(re.match(r"^\s+\d  \d\.\d{4}  /", line) for line in lines)
+    # rank, score, capture date (~: the file's), camera, path: one line per result
+    assert len(lines) == 4 and all(re.match(r"^\s+\d  \d\.\d{4}  [ ~]\d{4}-\d\d-\d\d  \S+  /", line)
+                                   for line in lines)
     assert "evil.jpg\\n" in out and "\\x1b[2J" in out and "\x1b" not in out
     (evil).unlink()  # verify names the missing file: escaped too
     assert cli.main(["verify", "--index", str(tmp_path / "ix")]) == 0
@@ -79,8 +81,8 @@ def test_files_that_are_not_images_are_counted_by_suffix_once(tmp_path, capsys):
     for i in range(12):
         (folder / f"clip{i}.MOV").write_bytes(b"x")
     for i in range(3):
-        (folder / f"IMG_{i}.heic").write_bytes(b"x")
-    (folder / "pic.avif").write_bytes(b"x")
+        (folder / f"IMG_{i}.cr2").write_bytes(b"x")  # camera RAW: not read
+    (folder / "pic.dng").write_bytes(b"x")
     (folder / "README").write_text("x")
     os.symlink("clip0.MOV", folder / "link.mov")
     (folder / ".trip").mkdir()
@@ -89,7 +91,7 @@ def test_files_that_are_not_images_are_counted_by_suffix_once(tmp_path, capsys):
     assert _index(folder, tmp_path / "ix") == 0
     out, err = capsys.readouterr()
     assert err == ""  # no line per file
-    assert ("not read: 13 .mov, 3 .heic, 1 .avif, 1 without suffix, 2 hidden folders (.thumbnails, .trip)"
+    assert ("not read: 13 .mov, 3 .cr2, 1 .dng, 1 without suffix, 2 hidden folders (.thumbnails, .trip)"
             in out.splitlines())
     assert "found 3 images: 3 new;" in out
 
@@ -118,7 +120,7 @@ def test_search_with_a_folder_a_pipe_a_device_or_a_huge_file(ix, tmp_path, capsy
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as f:
         f.truncate(300 << 20)  # 300 MB, sparse: nothing is read before the size check
-    cases = {str(tmp_path): "a folder, not a file", str(fifo): "not a regular file",
+    cases = {str(fifo): "not a regular file",
              "/dev/zero": "not a regular file", str(huge): "file is 300 MiB, above the 200 MiB limit for a query image"}
     for path, why in cases.items():
         result = {}
@@ -128,6 +130,10 @@ def test_search_with_a_folder_a_pipe_a_device_or_a_huge_file(ix, tmp_path, capsy
         assert not t.is_alive(), f"search {path} hung"
         assert result["rc"] == 1
         assert capsys.readouterr().err == f"error: {path}: {why}\n"
+    empty = tmp_path / "empty"  # a folder stands for the images in it (many queries): here none
+    empty.mkdir()
+    assert cli.main(["search", str(empty), "--index", str(ix)]) == 1
+    assert capsys.readouterr().err == f"error: no query images in {empty}\n"
 
 
 def test_unusable_devices_are_one_line(ix, capsys):

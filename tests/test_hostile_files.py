@@ -181,7 +181,9 @@ def test_peak_memory_of_a_small_16_bit_png_with_many_pixels(tmp_path):
     side = 8000
     path = tmp_path / "gradient16.png"
     Image.fromarray(np.broadcast_to(np.linspace(0, 65535, side).astype(np.uint16), (side, side))).save(path)
-    code = ("import sys\nfrom imgembed.config import ReaderCfg\nfrom imgembed.ingest import reader\n"
+    # torch is imported first: the reader imports it on first use (to make tensors), and its import
+    # is no part of what decoding costs
+    code = ("import sys\nimport torch\nfrom imgembed.config import ReaderCfg\nfrom imgembed.ingest import reader\n"
             "from imgembed.ingest.preprocess import Preprocess\n"
             "status = lambda k: int(dict(l.split(':', 1) for l in open('/proc/self/status'))[k].split()[0])\n"
             "open('/proc/self/clear_refs', 'w').write('5')\nbefore = status('VmRSS')\n"

@@ -25,7 +25,11 @@ BELOW = {  # layer -> the layers it may import (besides itself)
     "query": {"ground", "ingest", "model", "index"},
     "indexer": {"ground", "ingest", "model", "index"},
     "distributed": {"ground", "ingest", "model", "index"},
-    "cli": {"ground", "ingest", "model", "index", "learn", "query", "indexer", "distributed"},
+    # the Python API (imgembed.open_index): queries, and keeping a folder's index up to date
+    "api": {"ground", "ingest", "model", "index", "query", "indexer"},
+    # the HTTP API: a front end like the CLI, over the Python API
+    "serve": {"ground", "ingest", "model", "index", "query", "api"},
+    "cli": {"ground", "ingest", "model", "index", "learn", "query", "indexer", "distributed", "api", "serve"},
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -273,13 +274,22 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     if len(queries) > 1 or isinstance(index, faiss.IndexIDMap) and isinstance(
             faiss.downcast_index(index.index), faiss.IndexFlat):
         return index.search(queries, k)
-    # One query on an IVF or HNSW index does its work on one thread anyway; entering an OpenMP
-    # region of several threads only adds waits when other processes hold the cores (measured
-    # at 100k x 128-d on the busy 2 cores here: p50 0.14 ms, p99 16-20 ms with 2 threads).
+    with one_thread():
+        return index.search(queries, k)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run FAISS on one OpenMP thread inside the block (one query on an IVF or HNSW index).
+
+    One such query does its work on one thread anyway; entering an OpenMP region of several
+    threads only adds waits when other processes hold the cores (measured at 100k x 128-d on the
+    busy 2 cores here: p50 0.14 ms, p99 16-20 ms with 2 threads).
+    """
     with _one_thread:
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return index.search(queries, k)
+            yield
         finally:
             faiss.omp_set_num_threads(threads)

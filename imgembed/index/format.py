@@ -80,7 +80,25 @@ MIGRATIONS = [
     """
     CREATE TABLE scratch (name TEXT PRIMARY KEY);
     """,
+    # 4: photo metadata. Rows of an index made before this have none; the next index run reads it
+    # from the files (headers only: nothing is decoded or embedded again).
+    """
+    CREATE TABLE IF NOT EXISTS photo_meta (
+        file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+        taken TEXT NOT NULL,  -- capture time, local 'YYYY-MM-DDTHH:MM:SS'
+        taken_from TEXT NOT NULL,  -- 'exif', or 'mtime' when the file has no EXIF capture time
+        make TEXT,
+        model TEXT,
+        lat REAL,
+        lon REAL,
+        ext TEXT NOT NULL,  -- lower-case file suffix without the dot
+        folder BLOB NOT NULL  -- the folder relative to its root ('' at the root)
+    );
+    CREATE INDEX IF NOT EXISTS photo_meta_taken ON photo_meta(taken);
+    """,
 ]
+# The first schema version that records photo metadata.
+META_VERSION = 4
 
 
 class Row(NamedTuple):
@@ -115,6 +133,49 @@ class NewFile(NamedTuple):
     hash: str
     width: int
     height: int
+    # Photo metadata; taken_from None: not read yet (the next index run reads it from the file).
+    taken: str | None = None
+    taken_from: str | None = None
+    make: str | None = None
+    model: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Meta(NamedTuple):
+    """What the index records about a photo besides its file (``photo_meta``)."""
+
+    taken: str  # capture time, local "YYYY-MM-DDTHH:MM:SS"
+    taken_from: str  # "exif", or "mtime" (the file's modification time stood in)
+    make: str | None
+    model: str | None
+    lat: float | None
+    lon: float | None
+    ext: str  # "jpg", "heic", ...
+    folder: bytes  # relative to the root; b"" at the root
+
+    @property
+    def camera(self) -> str | None:
+        return camera_name(self.make, self.model)
+
+
+def camera_name(make: str | None, model: str | None) -> str | None:
+    """Make and model in one name, e.g. ``"Apple iPhone 15"`` (the model alone when it names the maker)."""
+    if not model:
+        return make or None
+    if make and not model.lower().startswith(make.split()[0].lower()):
+        return f"{make} {model}"
+    return model
+
+
+def path_meta(relpath: bytes) -> tuple[str, bytes]:
+    """``(ext, folder)`` of a path relative to its root: ``b"2023/trip/IMG_1.HEIC"`` -> ``("heic", b"2023/trip")``."""
+    folder, _, name = relpath.rpartition(b"/")
+    stem, dot, ext = name.rpartition(b".")
+    return (ext.decode("utf-8", "replace").lower() if dot and stem else ""), folder
+
+
+META_SQL = "SELECT file_id, taken, taken_from, make, model, lat, lon, ext, folder FROM photo_meta"
 
 
 # ---------------------------------------------------------------- manifest

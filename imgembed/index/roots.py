@@ -14,6 +14,7 @@ import sqlite3
 from typing import Callable, ContextManager
 
 from imgembed.errors import StoreError
+from imgembed.index.format import path_meta
 
 Tx = Callable[[], ContextManager]
 
@@ -60,6 +61,9 @@ def take_in_below(con: sqlite3.Connection, tx: Tx, root_id: int, gen: int) -> li
             (dups if new in taken else moves).append((new, i))
         with tx():
             con.executemany("UPDATE files SET root_id=?, relpath=? WHERE id=?", [(root_id, new, i) for new, i in moves])
+            # photo metadata records each photo's folder relative to its root
+            con.executemany("UPDATE photo_meta SET folder=? WHERE file_id=?",
+                            [(path_meta(new)[1], i) for new, i in moves])
             con.executemany("UPDATE files SET removed_gen=? WHERE id=?", [(gen, i) for _, i in dups])
         out.append((other, len(moves) + len(dups)))
     return out

@@ -13,11 +13,17 @@ import faiss
 import numpy as np
 
 from imgembed.index import faiss_index
+from imgembed.index.filtered_search import Subset, exact_fits
+from imgembed.index.filters import Filters, where
 from imgembed.index.format import (
     DB,
+    META_SQL,
+    META_VERSION,
     ROW_SQL,
+    Meta,
     Row,
     StoreError,
+    camera_name,
     connect,
     faiss_name,
     read_manifest,
@@ -25,6 +31,9 @@ from imgembed.index.format import (
     select_in,
     visible,
 )
+
+# Filtered subsets kept per snapshot (each a bitmap of max id / 8 bytes plus its ids).
+_SUBSETS_KEPT = 8
 
 
 class Snapshot:
@@ -46,6 +55,7 @@ class Snapshot:
         self.index_type = ""
         self._lock = threading.RLock()
         self._pinned = 0
+        self._subsets: dict[tuple, Subset] = {}
         self.refresh()
 
     def current_generation(self) -> int:
@@ -161,6 +171,69 @@ class Snapshot:
         if not len(kept):
             return kept, np.zeros((0, self.manifest["dim"]), np.float32)
         return kept, np.stack([found[i] for i in kept.tolist()])
+
+    # -- photo metadata and filters
+
+    @property
+    def has_meta(self) -> bool:
+        """Whether the index's schema records photo metadata (an older index gets it on its next run)."""
+        return self.con.execute("PRAGMA user_version").fetchone()[0] >= META_VERSION
+
+    def meta(self, ids: Iterable[int]) -> dict[int, Meta]:
+        """Photo metadata by id; photos without any (not read yet) are left out."""
+        if not self.has_meta:
+            return {}
+        return {r[0]: Meta(*r[1:]) for r in select_in(self.con, f"{META_SQL} WHERE file_id IN ({{marks}})",
+                                                          (int(i) for i in ids if i >= 0))}
+
+    def roots(self) -> list[tuple[int, bytes]]:
+        return self.con.execute("SELECT id, path FROM roots ORDER BY id").fetchall()
+
+    def matching(self, filters: Filters) -> Subset:
+        """The visible photos that ``filters`` keep, as a :class:`Subset` for the vector search.
+
+        Kept for the generation (a few filters at a time), so repeated queries with the same
+        filters pay for the SQL once. Raises StoreError when a filter needs metadata the index
+        does not record yet, ValueError for a bad filter.
+        """
+        if filters.needs_meta and not self.has_meta:
+            raise StoreError(f"index {self.dir} was made before imgembed recorded photo metadata; run "
+                             f"imgembed index FOLDER --index {self.dir} once to read it (nothing is re-embedded)")
+        key = (filters, self.generation, read_meta(self.con, "meta_changes") if self.has_meta else "")
+        with self._lock:
+            subset = self._subsets.get(key)
+            if subset is None:
+                sql, params = where(filters, self.roots())
+                join = "LEFT JOIN photo_meta m ON m.file_id = f.id" if self.has_meta else ""
+                cur = self.con.execute(f"SELECT f.id FROM files f {join} WHERE {visible(str(self.generation))} "
+                                       f"AND {sql}", params)
+                ids = np.sort(np.fromiter((r[0] for r in cur), dtype=np.int64))
+                if exact_fits(len(ids), self.manifest["dim"]):  # few enough: searched exactly, in memory
+                    subset = Subset(*self.vectors_array(ids))
+                else:
+                    subset = Subset(ids)
+                if len(self._subsets) >= _SUBSETS_KEPT:
+                    self._subsets.pop(next(iter(self._subsets)))
+                self._subsets[key] = subset
+            return subset
+
+    def filter_choices(self) -> dict:
+        """What the filters can choose from: folders (relative to their roots), cameras, suffixes, date range."""
+        if not self.has_meta:
+            return {"folders": [], "cameras": [], "exts": [], "first": None, "last": None}
+        gen = str(self.generation)
+        folders = sorted({r[0].decode("utf-8", "replace") for r in self.con.execute(
+            f"SELECT DISTINCT m.folder FROM photo_meta m JOIN files f ON f.id = m.file_id WHERE {visible(gen)}")})
+        cameras = sorted({camera_name(make, model) for make, model in self.con.execute(
+            "SELECT DISTINCT m.make, m.model FROM photo_meta m JOIN files f ON f.id = m.file_id "
+            f"WHERE {visible(gen)} AND (m.make IS NOT NULL OR m.model IS NOT NULL)")} - {None})
+        exts = [r[0] for r in self.con.execute(
+            "SELECT DISTINCT m.ext FROM photo_meta m JOIN files f ON f.id = m.file_id "
+            f"WHERE {visible(gen)} ORDER BY m.ext")]
+        first, last = self.con.execute(
+            f"SELECT min(m.taken), max(m.taken) FROM photo_meta m JOIN files f ON f.id = m.file_id WHERE {visible(gen)}"
+        ).fetchone()
+        return {"folders": folders, "cameras": cameras, "exts": exts, "first": first, "last": last}
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())

@@ -42,6 +42,7 @@ from imgembed.index.format import (
     faiss_name,
     is_damage,
     migrate,
+    path_meta,
     read_manifest,
     read_meta,
     select_in,
@@ -90,6 +91,17 @@ def _writing(path: Path):
         raise StoreError(
             f"cannot write {path}: {e}. Free disk space or make the folder writable, then run again; "
             "the last published index is unchanged and the work committed so far is kept") from e
+
+
+_INSERT_FILE = ("INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_META = ("INSERT INTO photo_meta(file_id, taken, taken_from, make, model, lat, lon, ext, folder) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _meta_row(file_id: int, f: NewFile) -> tuple:
+    ext, folder = path_meta(f.relpath)
+    return (file_id, f.taken, f.taken_from, f.make, f.model, f.lat, f.lon, ext, folder)
 
 
 # ---------------------------------------------------------------- writer
@@ -306,10 +318,35 @@ class StoreWriter:
                 if self.dba_on:  # augmented at publish (imgembed.index.dba)
                     self.con.executemany("INSERT OR IGNORE INTO plain(hash, vec, kth) VALUES (?, ?, ?)",
                                          [(h, v, NO_KTH) for h, v in rows])
-            self.con.executemany(
-                "INSERT INTO files(root_id, relpath, size, mtime_ns, hash, width, height, indexed_at, added_gen) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files])
+            rows = [(root_id, f.relpath, f.size, f.mtime_ns, f.hash, f.width, f.height, now, self.gen) for f in files]
+            if not any(f.taken_from is not None for f in files):  # no metadata yet (build-index): one statement
+                self.con.executemany(_INSERT_FILE, rows)
+                return
+            meta = []
+            for f, row in zip(files, rows):  # each file's new id keys its metadata
+                file_id = self.con.execute(_INSERT_FILE, row).lastrowid
+                if f.taken_from is not None:
+                    meta.append(_meta_row(file_id, f))
+            self.con.executemany(_INSERT_META, meta)
+
+    # -- photo metadata of entries recorded before it was (schema version 4), or by build-index
+
+    def missing_meta(self, root_id: int) -> list[tuple[int, bytes, int]]:
+        """``(id, relpath, mtime_ns)`` of the live entries of a root that have no metadata yet."""
+        return self.con.execute(
+            "SELECT f.id, f.relpath, f.mtime_ns FROM files f WHERE f.root_id=? AND f.removed_gen IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM photo_meta m WHERE m.file_id = f.id) ORDER BY f.id",
+            (root_id,)).fetchall()
+
+    def set_meta(self, items: list[tuple[int, NewFile]]) -> None:
+        """Record the metadata of existing entries: ``(id, NewFile with its metadata fields)``.
+        Visible at once (the vectors and the published generation do not change)."""
+        with self._tx():
+            self.con.executemany(_INSERT_META.replace("INSERT", "INSERT OR REPLACE", 1),
+                                 [_meta_row(i, f) for i, f in items if f.taken_from is not None])
+            # Readers keep the photos a filter matched per generation and this counter.
+            self.con.execute("INSERT INTO meta(key, value) VALUES ('meta_changes', '1') ON CONFLICT(key) "
+                             "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     # -- maintenance (verify --repair): each is one committed change, visible after publish
 

@@ -31,7 +31,7 @@ class ScanResult:
     hidden: list[bytes] = field(default_factory=list)  # hidden folders (".trip"), not entered
 
     def unread_line(self) -> str | None:
-        """``not read: 12 .mov, 3 .heic, 1 hidden folder (.trip)``: what the scan left alone, once."""
+        """``not read: 12 .mov, 3 .cr2, 1 hidden folder (.trip)``: what the scan left alone, once."""
         kinds = [f"{n} {ext or 'without suffix'}" for ext, n in self.unread.most_common(_KINDS_SHOWN)]
         if len(self.unread) > _KINDS_SHOWN:
             rest = sum(self.unread.values()) - sum(n for _, n in self.unread.most_common(_KINDS_SHOWN))

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from imgembed.config import ReaderCfg
 from imgembed.ingest import gpu_decode, reader
 from imgembed.ingest.preprocess import Preprocess
-from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, read_bytes
+from imgembed.ingest.metadata import PhotoMeta
+from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, metadata_of, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Batch(NamedTuple):
     sizes: list[tuple[int, int]]  # (width, height) of each photo as shown
     digests: list[str]  # content hash of each file
     failures: list[tuple[Any, str]]  # (key, reason) of files that could not be decoded
+    metas: list[PhotoMeta] = []  # what each file's EXIF says (capture time, camera, GPS)
 
 
 class _Sample(NamedTuple):
@@ -55,6 +57,7 @@ class _Sample(NamedTuple):
     size: tuple[int, int]
     digest: str
     error: str | None
+    meta: PhotoMeta = PhotoMeta()
 
 
 class _Files(Dataset):
@@ -73,9 +76,10 @@ class _Files(Dataset):
                 info = gpu_decode.probe(data, self.cfg)
                 if info is not None:
                     pending = gpu_decode.Pending(torch.frombuffer(bytearray(data), dtype=torch.uint8), info)
-                    return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None)
+                    return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None,
+                                   metadata_of(data, self.cfg))
             d = decode_file(path, self.pre, self.cfg)
-            return _Sample(key, d.pixels, (d.width, d.height), d.digest, None)
+            return _Sample(key, d.pixels, (d.width, d.height), d.digest, None, d.meta)
         except ImageSkipped as e:
             return _Sample(key, None, (0, 0), "", str(e))
         except Exception as e:  # a decoder bug must not stop a run over thousands of photos
@@ -87,7 +91,7 @@ def _collate(samples: list[_Sample]) -> Batch:
     ok = [s for s in samples if s.error is None]
     pixels = torch.stack([s.item for s in ok]) if ok else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
     return Batch([s.key for s in ok], pixels, [s.size for s in ok], [s.digest for s in ok],
-                 [(s.key, s.error) for s in samples if s.error is not None])
+                 [(s.key, s.error) for s in samples if s.error is not None], [s.meta for s in ok])
 
 
 class _RawBatch(NamedTuple):
@@ -208,4 +212,4 @@ def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: Reade
         failures = [(s.key, s.error) for s in samples if s.error is not None]
         failures += [(ok[i].key, why) for i, why in failed]
         yield Batch([ok[i].key for i in kept], pixels, [ok[i].size for i in kept],
-                    [ok[i].digest for i in kept], failures)
+                    [ok[i].digest for i in kept], failures, [ok[i].meta for i in kept])

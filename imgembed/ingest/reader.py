@@ -18,15 +18,23 @@ from struct import error as struct_error
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
+import pillow_heif
 from PIL import Image, PngImagePlugin
 
 from imgembed.config import ReaderCfg
+from imgembed.errors import ImageSkipped
 from imgembed.ingest import pixels
+from imgembed.ingest.metadata import PhotoMeta, photo_meta
 from imgembed.ingest.pixels import to_rgb  # noqa: F401  (part of this module's interface)
 from imgembed.ingest.preprocess import Preprocess
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+# HEIF/HEIC through pillow-heif's Pillow plugin (libheif applies the file's rotation and mirroring
+# and resets the EXIF orientation to 1, so the orientation step leaves it upright). Only the primary
+# image is read: no thumbnails, depth maps or auxiliary images. Deeper than 8 bits (10-bit HDR
+# photos) is scaled to 8 bits by the plugin.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # Pillow fails a PNG whose text chunk (XMP metadata in an iTXt or zTXt chunk, say) decompresses to
 # more than PngImagePlugin.MAX_TEXT_CHUNK (1 MB). imgembed reads no text: a chunk may use Pillow's
@@ -41,18 +49,12 @@ LARGE_DECODE_WAIT_S = 300
 _large_decodes = threading.Lock()  # decode workers share one multiprocessing lock instead
 
 
-class ImageSkipped(Exception):
-    """The file is not a usable image. ``str(e)`` is one line: the reason (and the option)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(" ".join(str(reason).split())[:500])  # decoder messages may span lines
-
-
 class Decoded(NamedTuple):
     pixels: torch.Tensor  # uint8 (3, size, size)
     width: int  # upright size of the original photo
     height: int
     digest: str  # content hash of the file's bytes
+    meta: PhotoMeta = PhotoMeta()  # capture time, camera, GPS from the file's EXIF
 
 
 def content_hash(data: bytes) -> str:
@@ -293,6 +295,8 @@ def to_tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | N
     ``covered``: the part of ``im`` (from its top-left corner) that the photo covers, when it was
     reduced and its last row and column stand for partial blocks.
     """
+    import torch  # here, not at the top: reading headers and metadata needs no torch
+
     w, h = covered or im.size
     scale = pre.resize / min(w, h)
     nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))
@@ -312,7 +316,33 @@ def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg) -> Decoded:
     """Read, hash and decode one file. Raises ImageSkipped with the reason, and nothing else."""
     data = read_bytes(path, cfg)
     im, (w, h), covered = _decode(data, cfg, draft_to=pre.resize)
-    return Decoded(_tensor(im, pre, covered), w, h, content_hash(data))
+    return Decoded(_tensor(im, pre, covered), w, h, content_hash(data), metadata_of(data, cfg))
+
+
+def metadata_of(data: bytes, cfg: ReaderCfg) -> PhotoMeta:
+    """The EXIF metadata of an image's bytes (header only, no decoding). Never raises."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=cfg.formats) as im:
+                return photo_meta(im)
+    except Exception:  # metadata is best effort; the pixels decide whether a file is usable
+        return PhotoMeta()
+
+
+def read_metadata(path: str | bytes, cfg: ReaderCfg) -> PhotoMeta:
+    """The EXIF metadata of a file, reading its header only: for photos indexed before metadata was
+    recorded, and for renamed or copied ones. Never raises (an unreadable file: empty metadata)."""
+    try:
+        f, size = _open_regular(path)
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not 0 < size <= cfg.max_bytes:
+                return PhotoMeta()
+            with Image.open(f, formats=cfg.formats) as im:
+                return photo_meta(im)
+    except Exception:
+        return PhotoMeta()
 
 
 def _tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | None = None) -> torch.Tensor:

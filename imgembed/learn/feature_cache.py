@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from imgembed.config import EmbedCfg, ReaderCfg
+from imgembed.config import EmbedCfg, ReaderCfg, cache_dir
 from imgembed.model.embedder import Embedder
 from imgembed.model.pipeline import embed_files
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
+    return cache_dir()
 
 
 @dataclass

@@ -19,8 +19,7 @@ from torch import nn
 HEAD_FORMAT = 1
 
 
-class HeadError(RuntimeError):
-    """A head file is missing, malformed, or does not fit the backbone."""
+from imgembed.errors import HeadError  # noqa: E402  (defined beside nothing heavy; raised here)
 
 
 @dataclass

@@ -33,6 +33,7 @@ class EmbeddedBatch(NamedTuple):
     sizes: list[tuple[int, int]]  # (width, height) of each photo as shown
     digests: list[str]  # content hash of each file
     failures: list[tuple[Any, str]]  # (key, reason) of the files that could not be decoded
+    metas: list = []  # imgembed.ingest.metadata.PhotoMeta of each embedded file
 
 
 def embed_pixels(embedder: Embedder, pixels: torch.Tensor, raw: bool = False) -> np.ndarray:
@@ -64,7 +65,7 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
                            gpu_device=embedder.device if decode_on_gpu else None)
     for b in batches:
         vectors = embed_pixels(embedder, b.pixels, raw) if b.keys else np.zeros((0, 0), np.float32)
-        yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures)
+        yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures, b.metas)
 
 
 def _mean_file_bytes(items: Sequence[tuple[Any, bytes]]) -> float:

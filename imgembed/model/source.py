@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgembed.config import BackboneCfg
 from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.model.embedder import Embedder
-from imgembed.model.head import head_paths, load_head
+
+if TYPE_CHECKING:  # built only when something is embedded: a job that embeds nothing imports no torch
+    from imgembed.model.embedder import Embedder
 
 
 class EmbedderSource:
@@ -39,6 +41,8 @@ class EmbedderSource:
     def get(self) -> Embedder:
         """The embedder, built now if it was not; raises StoreError if it is not what the index holds."""
         if self._embedder is None:
+            from imgembed.model.embedder import Embedder
+
             self._embedder = Embedder.from_cfg(self.cfg, self.head)
         if self._recorded is not None:
             check_identity(self._recorded, self._embedder.identity(), self.index_dir)
@@ -57,6 +61,8 @@ def same_by_name(recorded: dict, cfg: BackboneCfg, head: str | None) -> bool:
         return False
     head_fp = None
     if head:
+        from imgembed.model.head import head_paths
+
         try:
             head_fp = json.loads(head_paths(head)[1].read_text()).get("fingerprint")
         except (OSError, ValueError, AttributeError):
@@ -67,6 +73,8 @@ def same_by_name(recorded: dict, cfg: BackboneCfg, head: str | None) -> bool:
 def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
     """Rebuild the embedder an index was made with (its backbone, pooling and head), checked against it."""
     from imgembed.model.backbones import create_backbone
+    from imgembed.model.embedder import Embedder
+    from imgembed.model.head import load_head
 
     cfg = BackboneCfg(name=manifest["backbone"], device=device, pool=manifest.get("pool") or "gem")
     head = load_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from imgembed.config import IMAGE_FORMATS
-from imgembed.index.format import Row
+from imgembed.config import IMAGE_FORMATS, MAX_UPLOAD_MB
+from imgembed.index.format import Meta, Row
 from imgembed.query.search import Query
-
-UPLOAD_MAX_MB = 25  # the largest upload the app answers (its own check: the message is the page's)
 
 
 def shown_name(row: Row) -> str:
@@ -37,19 +35,34 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
-def details(row: Row) -> list[tuple[str, str]]:
+def meta_line(meta: Meta | None) -> str:
+    """``2023-06-01 · Apple iPhone 15``; a date from the file's modification time is marked ``~``."""
+    if meta is None:
+        return ""
+    date = ("~" if meta.taken_from == "mtime" else "") + meta.taken[:10]
+    return " · ".join(part for part in (date, meta.camera) if part)
+
+
+def details(row: Row, meta: Meta | None = None) -> list[tuple[str, str]]:
     """``(label, value)`` facts of an indexed photo for its full-size view."""
-    return [
+    out = [
         ("Name", shown_name(row)),
         ("Folder", os.fsdecode(row.root)),
         ("Pixels", f"{row.width} × {row.height}"),
         ("File size", _size(row.size)),
-        ("Modified", _when(row.mtime_ns / 1e9)),
-        ("Indexed", _when(row.indexed_at)),
     ]
+    if meta is not None:
+        taken = meta.taken.replace("T", " ")[:16]
+        out.append(("Taken", taken + (" (file date: no capture time recorded)" if meta.taken_from == "mtime" else "")))
+        if meta.camera:
+            out.append(("Camera", meta.camera))
+        if meta.lat is not None and meta.lon is not None:
+            out.append(("Location", f"{meta.lat:.5f}, {meta.lon:.5f}"))
+    out += [("Modified", _when(row.mtime_ns / 1e9)), ("Indexed", _when(row.indexed_at))]
+    return out
 
 
-def upload_problem(name: str, size: int, max_mb: int = UPLOAD_MAX_MB) -> str | None:
+def upload_problem(name: str, size: int, max_mb: int = MAX_UPLOAD_MB) -> str | None:
     """Why an uploaded file cannot be a query before it is even opened (its type, its size), or None."""
     ext = os.path.splitext(name)[1].lower()
     if ext not in IMAGE_FORMATS:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from imgembed.atomic import atomic_write_json
-from imgembed.config import DEFAULT_INDEX, settings_path
+from imgembed.config import settings_path
 from imgembed.index.format import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,10 @@ def recent_indexes(settings: AppSettings) -> list[RecentIndex]:
     return [RecentIndex(p, (Path(p) / MANIFEST).is_file()) for p in settings.recent]
 
 
-def index_for_page(url_index: str | None, path: str | Path | None = None) -> str:
-    """:func:`index_to_open` with this process's ``$IMGEMBED_INDEX`` and the saved settings."""
-    return index_to_open(url_index, load_settings(path), os.environ.get("IMGEMBED_INDEX") or None, DEFAULT_INDEX)
+def index_for_page(url_index: str | None, fallback: str, path: str | Path | None = None) -> str:
+    """:func:`index_to_open` with this process's ``$IMGEMBED_INDEX`` and the saved settings;
+    ``fallback`` (:func:`imgembed.config.default_index`) when neither names one."""
+    return index_to_open(url_index, load_settings(path), os.environ.get("IMGEMBED_INDEX") or None, fallback)
 
 
 def opened(index_dir: str | Path, path: str | Path | None = None) -> AppSettings:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from imgembed.config import ReaderCfg, query_reader_cfg
 from imgembed.identity import check_identity
-from imgembed.index import faiss_index
-from imgembed.index.format import Row, StoreError
+from imgembed.index import faiss_index, filtered_search
+from imgembed.index.filters import Filters
+from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import ImageSkipped, content_hash, decode_query, read_bytes
-from imgembed.model.embedder import Embedder
 from imgembed.model.source import embedder_for
+
+if TYPE_CHECKING:  # the model (and torch) is loaded on the first query that needs it
+    from imgembed.model.embedder import Embedder
 
 
 class Query(NamedTuple):
@@ -35,6 +37,24 @@ class Hit(NamedTuple):
     path: str  # absolute path (undecodable bytes shown as U+FFFD)
     score: float  # cosine similarity
     row: Row
+    meta: Meta | None = None  # capture time, camera, ...; None until the index has read it
+
+    @property
+    def taken(self) -> str | None:
+        """Capture time ``YYYY-MM-DDTHH:MM:SS`` (from EXIF, else the file's modification time)."""
+        return self.meta.taken if self.meta else None
+
+    @property
+    def camera(self) -> str | None:
+        return self.meta.camera if self.meta else None
+
+    def as_dict(self) -> dict:
+        """The hit as JSON-ready values (the CLI's --json, the HTTP API, exports)."""
+        m = self.meta
+        return {"id": self.id, "path": self.path, "score": round(self.score, 6), "width": self.row.width,
+                "height": self.row.height, "size": self.row.size, "taken": m.taken if m else None,
+                "taken_from": m.taken_from if m else None, "camera": m.camera if m else None,
+                "lat": m.lat if m else None, "lon": m.lon if m else None}
 
 
 class Answer(NamedTuple):
@@ -86,6 +106,8 @@ class Searcher:
     def warm_up(self) -> None:
         """Build the model now (raising here if it does not match the index) and run it once: the
         first call of a model is several times slower than the next."""
+        import torch
+
         pre = self.embedder.preprocess
         self.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))
 
@@ -104,39 +126,53 @@ class Searcher:
                              f"first: imgembed index YOUR_PHOTOS --index {self.dir}")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
-                       qe: bool = False) -> list[list[Hit]]:
-        """Top-``k`` hits for each row of ``queries (q, dim)``, best first.
+                       filters: Filters | dict | None = None, qe: bool = False) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries (q, dim)``, best first, among the photos that
+        ``filters`` keep (the k best of those, not the top k filtered afterwards).
 
         ``qe``: alpha query expansion (:mod:`imgembed.query.rerank`): each query is searched once,
         its 10 best hits (excluded ids left out) are folded into it, and the expanded query is
-        searched; the scores are then cosines to the expanded query.
+        searched; the scores are then cosines to the expanded query. With filters, both searches
+        keep to the matching photos.
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.snapshot.manifest["dim"]:
             raise ValueError(f"queries are {queries.shape[1]}-d, the index holds {self.snapshot.manifest['dim']}-d")
         if k < 1:
             raise ValueError("k must be at least 1")
+        filters = Filters.of(filters)
         with self.snapshot.read():  # the FAISS ids and the rows they name: one generation
             if self.snapshot.index is None or self.snapshot.count == 0:
                 return [[] for _ in queries]
             extra = len(exclude) if exclude else 0
+            if filters:
+                subset = self.snapshot.matching(filters)
+
+                def base(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                    return filtered_search.search(self.snapshot.index, q, kk, subset)
+            else:
+                def base(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                    return faiss_index.search(self.snapshot.index, q, kk)
             if qe:
-                queries = self._expand(queries, exclude or set())
-            scores, ids = faiss_index.search(self.snapshot.index, queries, k + extra)
-            rows = self.snapshot.rows(ids[ids >= 0].tolist())
+                queries = self._expand(queries, exclude or set(), base)
+            scores, ids = base(queries, k + extra)
+            found = ids[ids >= 0].tolist()
+            rows = self.snapshot.rows(found)
+            metas = self.snapshot.meta(found)
         out = []
         for srow, irow in zip(scores, ids):
-            hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)])
+            hits = [Hit(int(i), _show(rows[int(i)].path), float(s), rows[int(i)], metas.get(int(i)))
                     for s, i in zip(srow, irow) if i >= 0 and int(i) in rows and not (exclude and int(i) in exclude)]
             out.append(hits[:k])
         return out
 
-    def _expand(self, queries: np.ndarray, exclude: set[int]) -> np.ndarray:
-        """alpha-QE of ``queries`` in the pinned generation (its hits' stored vectors)."""
+    def _expand(self, queries: np.ndarray, exclude: set[int], base) -> np.ndarray:
+        """alpha-QE of ``queries`` in the pinned generation (its hits' stored vectors); ``base(q, k)``
+        is the search to expand from (the filtered one when filters are given)."""
         from imgembed.query.rerank import QE_K, expand_with
 
         def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            sims, ids = faiss_index.search(self.snapshot.index, q, k + len(exclude))
+            sims, ids = base(q, k + len(exclude))
             keep = ~np.isin(ids, list(exclude)) if exclude else np.ones(ids.shape, bool)
             out_s, out_i = np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
             for r in range(len(q)):
@@ -155,34 +191,56 @@ class Searcher:
         pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg)
         return self.embedder.embed(pixels)
 
-    def search_image_bytes(self, data: bytes, k: int = 10, qe: bool = False) -> list[Hit]:
-        return self.search_vectors(self.embed_image_bytes(data), k, qe=qe)[0]
+    def embed_images(self, images: list[bytes], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
+        """``(vectors (n_ok, dim), errors)`` for many query images at once: ``errors[i]`` is None when
+        image ``i`` was embedded (its vector is the next row), else why it could not be."""
+        import torch
 
-    def search_image_file(self, path: str | Path, k: int = 10, qe: bool = False) -> list[Hit]:
+        pre = self.embedder.preprocess
+        pixels, errors = [], []
+        for data in images:
+            try:
+                pixels.append(decode_query(data, pre, self.reader_cfg))
+                errors.append(None)
+            except ImageSkipped as e:
+                errors.append(str(e))
+        dim = self.snapshot.manifest["dim"]
+        vecs = [self.embedder.embed(torch.cat(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), errors
+
+    def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None,
+                           qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embed_image_bytes(data), k, filters=filters, qe=qe)[0]
+
+    def search_image_file(self, path: str | Path, k: int = 10, filters: Filters | dict | None = None,
+                          qe: bool = False) -> list[Hit]:
         """Neighbours of the image in a file. Raises ImageSkipped naming the file when it is not a
         usable image (a folder, a pipe, a device, too large: read through the reader's bounded read)."""
         try:
             data = read_bytes(os.fspath(path), self.reader_cfg, limit=" for a query image")
         except ImageSkipped as e:
             raise ImageSkipped(f"{path}: {e}") from e
-        return self.search_image_bytes(data, k, qe)
+        return self.search_image_bytes(data, k, filters, qe)
 
-    def search_id(self, file_id: int, k: int = 10, qe: bool = False) -> list[Hit]:
+    def search_id(self, file_id: int, k: int = 10, filters: Filters | dict | None = None,
+                  qe: bool = False) -> list[Hit]:
         """Neighbours of a photo already in the index (itself excluded), from its stored vector."""
         vec = self.snapshot.vectors([file_id]).get(file_id)
         if vec is None:
             raise StoreError(f"no photo with id {file_id} in {self.dir}")
-        return self.search_vectors(vec[None], k, exclude={file_id}, qe=qe)[0]
+        return self.search_vectors(vec[None], k, exclude={file_id}, filters=filters, qe=qe)[0]
 
-    def search_text(self, text: str, k: int = 10, qe: bool = False) -> list[Hit]:
-        return self.search_vectors(self.embedder.embed_text([text]), k, qe=qe)[0]
+    def search_text(self, text: str, k: int = 10, filters: Filters | dict | None = None,
+                    qe: bool = False) -> list[Hit]:
+        return self.search_vectors(self.embedder.embed_text([text]), k, filters=filters, qe=qe)[0]
 
-    def answer(self, query: Query, k: int = 10, qe: bool = False) -> Answer:
-        """The ``k`` best hits of ``query``, the query photo itself left out, however it was asked:
-        an image whose bytes the index holds (an upload of an indexed photo) finds the same as a
-        search from that photo. Raises as :meth:`search`."""
+    def answer(self, query: Query, k: int = 10, filters: Filters | dict | None = None,
+               qe: bool = False) -> Answer:
+        """The ``k`` best hits of ``query`` among the photos ``filters`` keep, the query photo itself
+        left out, however it was asked: an image whose bytes the index holds (an upload of an indexed
+        photo) finds the same as a search from that photo. Raises as :meth:`search`."""
         if query.kind == "text":
-            return Answer(self.search_text(query.text, k, qe), [])
+            return Answer(self.search_text(query.text, k, filters, qe), [])
         with self.snapshot.read():
             if query.kind == "id":
                 row = self.snapshot.rows([query.id]).get(query.id)
@@ -201,17 +259,19 @@ class Searcher:
             vec = vec[None]
         else:
             vec = self.embed_image_bytes(query.image)
-        return Answer(self.search_vectors(vec, k, exclude=exclude, qe=qe)[0], itself)
+        return Answer(self.search_vectors(vec, k, exclude=exclude, filters=filters, qe=qe)[0], itself)
 
-    def search(self, query: Query, k: int = 10, qe: bool = False) -> list[Hit]:
-        """Answer any :class:`Query` (``qe``: with query expansion). Raises ImageSkipped for a bad
-        image, StoreError for an id that left the index, BackboneError for text without a text encoder."""
+    def search(self, query: Query, k: int = 10, filters: Filters | dict | None = None,
+               qe: bool = False) -> list[Hit]:
+        """Answer any :class:`Query` among the photos ``filters`` keep (``qe``: with query expansion).
+        Raises ImageSkipped for a bad image, StoreError for an id that left the index, BackboneError
+        for text without a text encoder."""
         if query.kind == "image":
-            return self.search_image_bytes(query.image, k, qe)
+            return self.search_image_bytes(query.image, k, filters, qe)
         if query.kind == "id":
-            return self.search_id(query.id, k, qe)
+            return self.search_id(query.id, k, filters, qe)
         if query.kind == "text":
-            return self.search_text(query.text, k, qe)
+            return self.search_text(query.text, k, filters, qe)
         raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
 
 

@@ -20,8 +20,7 @@ from imgembed.config import BackboneCfg
 from imgembed.ingest.preprocess import Preprocess
 
 
-class BackboneError(RuntimeError):
-    """A backbone cannot be built: unknown name, or weights that cannot be had."""
+from imgembed.errors import BackboneError  # noqa: E402  (defined beside nothing heavy; raised here)
 
 
 class Backbone(nn.Module):
