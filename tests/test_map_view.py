@@ -13,7 +13,7 @@ from PIL import Image
 
 from imgembed.config import BackboneCfg, IndexJobCfg
 from imgembed.indexer import index_folder
-from imgembed.query.map_view import GAP, build_map, map_figure
+from imgembed.query.map_view import GAP, build_map, clicked_photo, map_figure
 from imgembed.query.search import Searcher
 
 
@@ -57,3 +57,12 @@ def test_a_larger_collection_shows_a_fixed_sample_and_says_so(index):
     assert a.ids == b.ids and np.array_equal(a.cells, b.cells)  # the same sample every time
     assert a.caption().startswith("A fixed random sample of 5 of the 12 photos")
 
+
+
+def test_a_click_on_the_map_names_its_photo():
+    ids = [7, 3, 9]
+    assert clicked_photo({"selection": {"points": [{"point_index": 1, "customdata": [3, "b.jpg"]}]}}, ids) == 3
+    assert clicked_photo({"selection": {"points": [{"point_index": 2}]}}, ids) == 9  # no customdata sent back
+    assert clicked_photo({"selection": {"points": [{"point_number": 0}]}}, ids) == 7
+    for nothing in (None, {}, {"selection": {"points": []}}, {"selection": {"points": [{"point_index": 5}]}}):
+        assert clicked_photo(nothing, ids) is None

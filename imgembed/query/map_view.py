@@ -62,6 +62,20 @@ class CollectionMap:
         return self.ids[point_index] if 0 <= point_index < len(self.ids) else None
 
 
+def clicked_photo(event, ids: list[int]) -> int | None:
+    """The photo id a chart selection event names (Streamlit's ``{"selection": {"points": [...]}}``):
+    the point's ``customdata`` id, else its index among ``ids``; None when nothing was clicked."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
+    if not points:
+        return None
+    point = points[0]
+    custom = point.get("customdata")
+    if isinstance(custom, (list, tuple)) and custom and isinstance(custom[0], (int, float)):
+        return int(custom[0])
+    index = point.get("point_index", point.get("point_number"))
+    return ids[index] if isinstance(index, int) and 0 <= index < len(ids) else None
+
+
 def build_map(snapshot: Snapshot, max_photos: int, cell: int) -> CollectionMap | None:
     """The map of up to ``max_photos`` photos of one published generation (a fixed random sample of
     larger collections); None for an empty index."""
