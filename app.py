@@ -36,7 +36,7 @@ from imgembed.model.head import HeadError
 from imgembed.query.collection import neighbour_graph_of
 from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggested_keeper
 from imgembed.query.history import QueryHistory
-from imgembed.query.map_view import CollectionMap, build_map, map_figure
+from imgembed.query.map_view import CollectionMap, build_map, clicked_photo, map_figure
 from imgembed.query.present import (
         details,
     meta_line,
@@ -70,12 +70,20 @@ CSS = """<style>
 .ie-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; font-size: 0.85rem;
            color: rgba(49, 51, 63, 0.7); line-height: 1.4; }
 .st-key-results [data-testid="stImage"] img { aspect-ratio: 1 / 1; object-fit: contain; }
+.st-key-fullview [data-testid="stImage"] img { max-height: 75vh; width: auto; max-width: 100%; object-fit: contain; }
 h1 { font-size: 2.2rem !important; }
 @media (max-width: 640px) {
   h1 { font-size: 1.6rem !important; }
-  .st-key-results > div > [data-testid="stHorizontalBlock"] { flex-flow: row wrap !important; gap: 0.5rem !important; }
+  /* the rows of cards become one flowing grid of two cards a row */
+  .st-key-results { flex-flow: row wrap !important; gap: 0.75rem 0.5rem !important; }
+  .st-key-results > div, .st-key-results > div > [data-testid="stHorizontalBlock"] { display: contents !important; }
   .st-key-results > div > [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] {
       flex: 0 0 calc(50% - 0.25rem) !important; min-width: calc(50% - 0.25rem) !important; }
+  .st-key-results > div > [data-testid="stHorizontalBlock"] > [data-testid="stColumn"]:empty { display: none !important; }
+  /* inside a card, the name and the full-size icon stay on one line */
+  .st-key-results [class*="st-key-card-"] [data-testid="stHorizontalBlock"] { flex-wrap: nowrap !important; }
+  .st-key-results [class*="st-key-card-"] [data-testid="stColumn"] { min-width: 0 !important; flex: 1 1 0 !important; }
+  .st-key-results [class*="st-key-card-"] [data-testid="stColumn"]:last-child { flex: 0 0 auto !important; }
   .st-key-query [data-testid="stImage"] { max-width: 50%; margin: 0 auto; }
 }
 </style>"""
@@ -177,10 +185,9 @@ def on_text() -> None:
 
 
 def on_map_click() -> None:
-    event = st.session_state.get("map")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    if points and points[0].get("customdata"):
-        go_to_photo(int(points[0]["customdata"][0]))
+    file_id = clicked_photo(st.session_state.get("map"), st.session_state.get("map_ids", []))
+    if file_id is not None:
+        go_to_photo(file_id)
 
 
 def upload_key() -> str:
@@ -206,24 +213,34 @@ def sync_inputs(names: dict[int, str]) -> None:
 # ---------------------------------------------------------------- pieces
 
 
-def show_photo(row: Row, caption: str | None = None, size: int = THUMB_PX, square: bool = True) -> None:
+def show_photo(row: Row, caption: str | None = None, size: int = THUMB_PX, square: bool = True,
+               stretch: bool = True) -> None:
+    """The photo's thumbnail (``stretch``: to the column's width; else at most its own size)."""
     data, why = thumb_jpeg(row.path, row.mtime_ns, size, square)
     if data is None:
         st.warning(f"No preview of {md(shown_name(row))}: {md(why)}")
         if caption:
             st.caption(caption)
     else:
-        st.image(data, caption=caption, width="stretch")
+        st.image(data, caption=caption, width="stretch" if stretch else "content")
 
 
 @st.dialog("Photo", width="large")
 def photo_dialog(row: Row, meta: Meta | None = None) -> None:
-    """The full-size view of an indexed photo: the picture, its facts and its path."""
-    show_photo(row, size=FULL_PX, square=False)
-    facts = details(row, meta)
-    st.markdown("  \n".join(f"**{label}** {md(value)}" for label, value in facts))
-    st.code(shown_path(row), language=None, wrap_lines=True)
-    if st.button("More like this", key=f"dialog-more-{row.id}", type="primary", on_click=go_to_photo, args=(row.id,)):
+    """The full-size view of an indexed photo: the picture (never enlarged, never taller than the
+    window), its facts and its path beside it (below it on a phone)."""
+    picture, about = st.columns([3, 2], gap="medium")
+    with picture, st.container(key="fullview"):
+        show_photo(row, size=FULL_PX, square=False, stretch=False)
+    with about:
+        facts = details(row, meta)
+        st.markdown("  \n".join(f"**{label}** {md(value)}" for label, value in facts))
+        st.code(shown_path(row), language=None, wrap_lines=True)
+        more_button(row.id)
+
+
+def more_button(file_id: int) -> None:
+    if st.button("More like this", key=f"dialog-more-{file_id}", type="primary", on_click=go_to_photo, args=(file_id,)):
         st.rerun()  # the whole page, not just this view, shows the new query
 
 
@@ -401,7 +418,7 @@ def search_view(searcher: Searcher, filters: Filters) -> None:
     with qcol, st.container(key="query"):
         st.markdown("**Query**")
         show_query(searcher, query, answer)
-        back_button()
+        back_button(stretch=True)
     with rcol:
         hidden = len(answer.hits) - len(shown)
         st.markdown(f"**{len(shown)} most similar photos** · query answered in **{ms:.0f} ms**"
@@ -410,10 +427,10 @@ def search_view(searcher: Searcher, filters: Filters) -> None:
         result_grid(shown, filtered=bool(filters) and not answer.hits)
 
 
-def back_button() -> None:
+def back_button(stretch: bool = False) -> None:
     h = history()
     if h.can_go_back:
-        st.button("← Back", key="back", on_click=h.back, width="stretch",
+        st.button("← Back", key="back", on_click=h.back, width="stretch" if stretch else "content",
                   help=f"return to the previous query ({printable(query_label(h.previous()))})"
                   if h.previous() is not None else "return to the page without a query")
 
@@ -445,7 +462,7 @@ def result_grid(hits: list[Hit], filtered: bool = False) -> None:
         for start in range(0, len(hits), GRID_COLS):
             cols = st.columns(GRID_COLS)
             for col, h in zip(cols, hits[start:start + GRID_COLS]):
-                with col:
+                with col, st.container(key=f"card-{h.id}"):
                     result_card(h)
 
 
@@ -509,12 +526,12 @@ def collection_view(searcher: Searcher) -> None:
         st.info("The index is empty.")
         return
     st.caption(m.caption())
+    st.session_state["map_ids"] = m.ids
     w, h = m.size
     st.html(f"<style>.st-key-mapbox {{ aspect-ratio: {w} / {h}; max-height: 85vh; }}</style>")
     with st.container(key="mapbox"):  # the chart takes the map's shape at any width
         st.plotly_chart(map_figure(m), key="map", on_select=on_map_click, selection_mode="points",
-                        height="stretch", config={"displaylogo": False, "scrollZoom": False, "responsive": True,
-                                                  "modeBarButtonsToRemove": ["select2d", "lasso2d", "toImage"]})
+                        height="stretch", config={"displayModeBar": False, "scrollZoom": False, "responsive": True})
 
 
 # ---------------------------------------------------------------- page
@@ -548,7 +565,6 @@ def main() -> None:
         with st.expander("Index another folder"):
             st.caption("New photos are added to the index; unchanged ones are skipped.")
             build_form(index_dir, "more", info.backbone)
-        filters = filter_sidebar(searcher) if info.count else Filters()
     if info.count == 0:
         st.warning("This index is empty. Index a folder of photos (sidebar) to start.")
         return
@@ -559,6 +575,8 @@ def main() -> None:
     if st.query_params.get("view") != view.lower():
         st.query_params["view"] = view.lower()
     if view == "Search":
+        with st.sidebar:  # the filters narrow the search: shown with it
+            filters = filter_sidebar(searcher)
         search_view(searcher, filters)
     elif view == "Duplicates":
         duplicates_view(searcher)
