@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from imgembed.config import settings_path
-from imgembed.index.format import MANIFEST, Row
+from imgembed.index.format import MANIFEST, Meta, Row
 from imgembed.query.history import QueryHistory
-from imgembed.query.present import details, itself_note, query_label, upload_problem
+from imgembed.query.present import details, itself_note, meta_line, query_label, upload_problem
 from imgembed.query.recent import (
     RECENT_MAX,
     AppSettings,
@@ -147,3 +147,16 @@ def test_details_of_a_photo():
     assert facts["Name"] == "hats/a.jpg" and facts["Folder"] == "/photos"
     assert facts["Pixels"] == "4000 × 3000" and facts["File size"] == "2.4 MB"
     assert facts["Modified"].startswith("20")
+
+
+def test_the_date_and_camera_line_and_the_facts_of_a_photo_with_metadata():
+    exif = Meta("2023-06-01T10:00:00", "exif", "Apple", "iPhone 15", 48.85837, 2.29448, "heic", b"")
+    file_date = Meta("2024-01-02T03:04:05", "mtime", None, None, None, None, "jpg", b"")
+    assert meta_line(exif) == "2023-06-01 · Apple iPhone 15"
+    assert meta_line(file_date) == "~2024-01-02"  # no capture time: the file's date, marked
+    assert meta_line(None) == ""
+    facts = dict(details(_row(3, b"a.heic"), exif))
+    assert facts["Taken"] == "2023-06-01 10:00" and facts["Camera"] == "Apple iPhone 15"
+    assert facts["Location"] == "48.85837, 2.29448"
+    facts = dict(details(_row(3, b"a.jpg"), file_date))
+    assert "no capture time recorded" in facts["Taken"] and "Camera" not in facts and "Location" not in facts
