@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_INDEX ?= demo-index
+DEMO_COPIES := demo-copies
 DEMO_QUERY := assets/photos/hat/2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg
 
 .PHONY: demo test venv app clean browser
@@ -17,7 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
+	$(BIN)/python scripts/demo_copies.py assets/photos $(DEMO_COPIES)
 	$(BIN)/imgembed index assets/photos --index $(DEMO_INDEX)
+	$(BIN)/imgembed index $(DEMO_COPIES) --index $(DEMO_INDEX)
+	$(BIN)/imgembed duplicates --index $(DEMO_INDEX)
 	$(BIN)/imgembed search $(DEMO_QUERY) --index $(DEMO_INDEX) -k 5
 	$(BIN)/python scripts/run_app.py --index $(DEMO_INDEX)  # prints the app's address (8502... when 8501 is busy)
 
@@ -34,4 +38,4 @@ browser:
 	fi
 
 clean:
-	rm -rf $(DEMO_INDEX) build *.egg-info
+	rm -rf $(DEMO_INDEX) $(DEMO_COPIES) build *.egg-info

@@ -1,11 +1,12 @@
 """Streamlit front end: ``streamlit run app.py``. Thin: it calls the library and renders.
 
 Three views over one index: search (upload, pick a photo, text with CLIP, "more like this"),
-duplicates (groups of near-identical photos) and collection (what the index holds, a map to click).
-The page answers one query at a time and can go back to the previous one; the open index and the
-view are in the page's address, and the index opened last is remembered for new tabs
+duplicates (groups of copies with a suggested keeper; ticked files can be downloaded as a list
+or a script that moves them) and collection (what the index holds, a map to click). The page
+answers one query at a time and can go back to the previous one; the open index and the view are
+in the page's address, and the index opened last is remembered for new tabs
 (:mod:`imgembed.query.recent`). The app only reads files recorded in the index, looked up by id,
-and shows their names escaped. It never deletes anything.
+and shows their names escaped. It never deletes or moves anything.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from imgembed.ingest.reader import ImageSkipped, open_image
 from imgembed.model.backbones import BackboneError
 from imgembed.model.embedder import use_query_threads
 from imgembed.model.head import HeadError
-from imgembed.query.collection import neighbour_graph_of
-from imgembed.query.duplicates import NeighbourGraph, duplicate_groups, suggested_keeper
+from imgembed.query.copies import PRESETS, Group, Report, find_duplicates
+from imgembed.query.duplicate_export import drop_csv, move_script
 from imgembed.query.history import QueryHistory
 from imgembed.query.map_view import CollectionMap, build_map, clicked_photo, map_figure
 from imgembed.query.present import (
-        details,
-    meta_line,
+    details,
     itself_note,
+    meta_line,
     query_label,
     shown_name,
     shown_path,
@@ -120,11 +121,6 @@ def thumb_jpeg(path: bytes, mtime_ns: int, size: int, square: bool = True) -> tu
         return jpeg_bytes(thumbnail(path, size, ReaderCfg(), square)), ""
     except ImageSkipped as e:
         return None, str(e)
-
-
-@st.cache_data(max_entries=4, show_spinner="Finding each photo's nearest neighbours…")
-def neighbours(index_dir: str, generation: int, _searcher: Searcher) -> NeighbourGraph:
-    return neighbour_graph_of(_searcher.snapshot, k=8)
 
 
 @st.cache_data(max_entries=4, show_spinner="Drawing the map…")
@@ -262,7 +258,7 @@ def build_form(target: str, key: str, backbone: str = DEFAULT_BACKBONE) -> None:
         return
     bar = st.progress(0.0, text="Loading the model and scanning the folder…")
 
-    verbs = {"hash": "Checking known files", "metadata": "Reading photo metadata"}
+    verbs = {"hash": "Checking known files", "metadata": "Reading photo metadata", "copies": "Preparing copy detection"}
 
     def progress(stage: str, done: int, total: int) -> None:
         verb = verbs.get(stage, "Embedding photos")
@@ -481,33 +477,90 @@ def result_card(h: Hit) -> None:
     st.button("More like this", key=f"more-{h.id}", on_click=go_to_photo, args=(h.id,), width="stretch")
 
 
+DUP_MODES = {"copies": "Copies (edited copies of one photo)", "exact": "Exact (same pixels)",
+             "similar": "Similar (also near-identical scenes)", "threshold": "Custom similarity threshold"}
+
+
+@st.cache_data(max_entries=8, show_spinner="Looking for duplicates (hashes, neighbours, keypoints)…")
+def duplicate_report(index_dir: str, generation: int, mode: str, threshold: float, _searcher: Searcher) -> Report:
+    if mode == "threshold":
+        return find_duplicates(_searcher.snapshot, threshold=threshold)
+    return find_duplicates(_searcher.snapshot, preset=mode)
+
+
+def tick_all_but_keepers(groups: list[Group]) -> None:
+    for g in groups:
+        for m in g.members:
+            st.session_state[f"drop-{m.row.id}"] = m.row.id != g.keeper.row.id
+
+
+def clear_ticks(groups: list[Group]) -> None:
+    for g in groups:
+        for m in g.members:
+            st.session_state[f"drop-{m.row.id}"] = False
+
+
 def duplicates_view(searcher: Searcher) -> None:
-    threshold = st.slider("Similarity threshold", 0.5, 1.0, 0.95, 0.005, key="dup_threshold", format="%.3f",
-                          help="photos at least this similar (cosine) are grouped; 1.0 means identical")
-    graph = neighbours(str(searcher.dir), searcher.snapshot.generation, searcher)
-    groups = duplicate_groups(graph, threshold)
-    n_photos = sum(len(g.ids) for g in groups)
-    st.caption(f"{len(groups)} groups holding {n_photos} photos at similarity ≥ {threshold:.3f}. "
-               "The app never deletes anything: use the paths and sizes below to choose what to keep.")
+    top = st.columns([3, 2], gap="large")
+    with top[0]:
+        mode = st.radio("Find", list(DUP_MODES), format_func=DUP_MODES.get, horizontal=True, key="dup_mode")
+    threshold = 0.95
+    with top[1]:
+        if mode == "threshold":
+            threshold = st.slider("Similarity threshold", 0.5, 1.0, 0.95, 0.005, key="dup_threshold", format="%.3f",
+                                  help="embedding cosine; photos at least this similar are grouped, copies or not")
+        elif mode in PRESETS:
+            st.caption(f"**{mode}**: {md(PRESETS[mode].description)}; {md(PRESETS[mode].precision)}.")
+    report = duplicate_report(str(searcher.dir), searcher.snapshot.generation, mode, threshold, searcher)
+    groups = report.groups[:MAX_GROUPS]
+    n_photos = sum(len(g.members) for g in report.groups)
+    st.caption(f"{len(report.groups)} groups holding {n_photos} photos ({md(report.description)}), found in "
+               f"{report.seconds:.1f} s. The suggested keeper of each group comes first. The app never deletes or "
+               "moves anything: tick the files to drop, then download their list or a script that moves them.")
+    missing = report.stats.get("missing copy data", 0)
+    if missing:
+        st.warning(f"{missing} photos have no copy-detection data yet; index their folder again to add it "
+                   "(nothing is embedded again).")
     if not groups:
-        st.info("No near-duplicates at this threshold. Lower it to see looser matches.")
+        st.info("No duplicates found. Try the similar preset, or a custom threshold.")
         return
-    for n, g in enumerate(groups[:MAX_GROUPS], 1):
-        rows = searcher.snapshot.rows(g.ids)
-        members = [rows[i] for i in g.ids if i in rows]
-        if len(members) < 2:
-            continue
-        keeper = suggested_keeper(members)  # marked only when one stands out
+    for n, g in enumerate(groups, 1):
         with st.container(border=True):
-            st.markdown(f"**Group {n}** · {len(members)} photos · similarity ≥ {g.score:.3f}")
-            cols = st.columns(max(len(members), 4))
-            for col, row in zip(cols, members):
+            label = " · **identical bytes**" if g.kind == "identical bytes" else f" · {md(g.kind)}"
+            st.markdown(f"**Group {n}** · {len(g.members)} photos{label} · keep "
+                        f"**{md(shown_name(g.keeper.row))}**: {md(g.reason)}")
+            cols = st.columns(max(len(g.members), 4))
+            for col, m in zip(cols, g.members):
                 with col:
-                    badge = " · **largest**" if row.id == keeper else ""
-                    show_photo(row, f"{md(shown_name(row))}  \n{row.width}×{row.height} px · "
-                               f"{row.size / 1024:.0f} KB{badge}", size=200)
-    if len(groups) > MAX_GROUPS:
-        st.caption(f"…and {len(groups) - MAX_GROUPS} more groups; raise the threshold to narrow them down.")
+                    badge = "**keep** · " if m.row.id == g.keeper.row.id else ""
+                    show_photo(m.row, f"{badge}{md(shown_name(m.row))}  \n{m.row.width}×{m.row.height} px · "
+                               f"{m.row.size / 1024:.0f} KB · {md(m.kind)} · {md(m.evidence)} · "
+                               f"cosine {m.score:.3f}", size=200)
+                    st.checkbox("drop", key=f"drop-{m.row.id}")
+    if len(report.groups) > MAX_GROUPS:
+        st.caption(f"…and {len(report.groups) - MAX_GROUPS} more groups (the CLI lists them all: "
+                   "imgembed duplicates --csv FILE).")
+    drop_panel(searcher, groups)
+
+
+def drop_panel(searcher: Searcher, groups: list[Group]) -> None:
+    st.subheader("Files to drop")
+    b = st.columns(2)
+    b[0].button("Tick all but the suggested keepers", on_click=tick_all_but_keepers, args=(groups,), key="tick-all")
+    b[1].button("Clear the ticks", on_click=clear_ticks, args=(groups,), key="tick-none")
+    ticked = [m.row for g in groups for m in g.members if st.session_state.get(f"drop-{m.row.id}")]
+    if not ticked:
+        st.info("Tick the files to drop; their list and a script that moves them appear here.")
+        return
+    target = st.text_input("Move them to", value="~/imgembed-duplicates", key="drop_target",
+                           help="the script moves the files there (it never deletes, never overwrites)")
+    st.markdown(f"**{len(ticked)} files ticked**, {sum(r.size for r in ticked) / 2**20:.1f} MiB.")
+    d = st.columns(2)
+    d[0].download_button("Download the list (CSV)", drop_csv(ticked), file_name="duplicates-to-drop.csv",
+                         mime="text/csv", key="dl-csv")
+    d[1].download_button("Download a script that moves them", move_script(ticked, target.strip()),
+                         file_name="move-duplicates.sh", mime="text/x-shellscript", key="dl-sh")
+    st.caption("Read the script, then run it with `sh move-duplicates.sh` (or pass another folder).")
 
 
 def collection_view(searcher: Searcher) -> None:

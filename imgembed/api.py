@@ -26,8 +26,7 @@ from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.indexer import IndexSummary, index_folder
 from imgembed.query import batch
-from imgembed.query.collection import neighbour_graph_of
-from imgembed.query.duplicates import duplicate_groups, suggested_keeper
+from imgembed.query.copies import find_duplicates
 from imgembed.query.search import Hit, IndexInfo, Searcher
 
 __all__ = ["Index", "open_index", "open_folder", "folder_index_dir", "Filters", "Hit", "Photo", "Group"]
@@ -51,11 +50,13 @@ class Photo(NamedTuple):
 
 
 class Group(NamedTuple):
-    """Near-duplicate photos: they hold together down to similarity ``score``."""
+    """Copies of one photo (see ``imgembed duplicates``): the suggested keeper first."""
 
-    score: float
+    score: float  # the lowest cosine similarity of a member's embedding to the keeper's
     photos: list[Photo]
-    keeper: int | None  # id of the suggested one to keep (largest resolution, then file); None on a tie
+    keeper: int  # id of the suggested one to keep
+    reason: str  # why (largest resolution, then largest file, then oldest)
+    kind: str  # the loosest match in the group: identical bytes, same pixels, copy or similar
 
 
 class Index:
@@ -129,20 +130,15 @@ class Index:
         """The ``k`` photos nearest to a photo of the index (itself left out): an id, path, Hit or Photo."""
         return self.searcher.search_id(self.photo(photo).id, k, filters, qe)
 
-    def duplicates(self, threshold: float = 0.95, k: int = 8) -> list[Group]:
-        """Groups of photos at least ``threshold`` similar (cosine), most similar first."""
-        graph = neighbour_graph_of(self.searcher.snapshot, k=k)
-        groups = duplicate_groups(graph, threshold)
+    def duplicates(self, preset: str = "copies", threshold: float | None = None) -> list[Group]:
+        """Groups of copies by ``preset`` (exact, copies, similar), or with ``threshold`` the photos at
+        least that similar (cosine) whatever the edit; the same groups as ``imgembed duplicates``."""
         snap = self.searcher.snapshot
+        report = find_duplicates(snap, preset=preset, threshold=threshold)
         with snap.read():
-            ids = [i for g in groups for i in g.ids]
-            rows, metas = snap.rows(ids), snap.meta(ids)
-        out = []
-        for g in groups:
-            members = [rows[i] for i in g.ids if i in rows]
-            if len(members) > 1:
-                out.append(Group(g.score, [_photo(r, metas.get(r.id)) for r in members], suggested_keeper(members)))
-        return out
+            metas = snap.meta([m.row.id for g in report.groups for m in g.members])
+        return [Group(min(m.score for m in g.members), [_photo(m.row, metas.get(m.row.id)) for m in g.members],
+                      g.keeper.row.id, g.reason, g.kind) for g in report.groups]
 
     # -- what the index holds
 

@@ -1,5 +1,5 @@
-"""Command line: ``imgembed index | search | similar | info | export | serve | eval | verify | train-head``.
-Parses, calls the library, prints."""
+"""Command line: ``imgembed index | search | similar | duplicates | info | export | serve | eval | verify |
+train-head``. Parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from imgembed.config import (
     DBA_MODES,
     DEFAULT_BACKBONE,
     DEFAULT_INDEX,
+    DUPLICATE_PRESETS,
     INDEX_TYPES,
     LABEL_MODES,
     LOSSES,
@@ -205,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_arg(p)
     p.add_argument("--json", action="store_true")
     _add_mmap_arg(p)
+
+    p = sub.add_parser("duplicates", help="groups of copies of the same photo, with a suggested keeper")
+    _add_index_arg(p)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--preset", default="copies", choices=DUPLICATE_PRESETS,
+                     help="exact: same pixels; copies (default): edited copies of one photo (resized, re-encoded, "
+                          "cropped, flipped, rotated, recoloured, overlaid); similar: also near-identical scenes")
+    how.add_argument("--threshold", type=float, help="instead: group photos whose embeddings are at least this "
+                     "similar (cosine), copies or not")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the groups as JSON")
+    out.add_argument("--csv", metavar="FILE", help="also write one row per member to this CSV file")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("eval", help="class-level retrieval quality (sub-folder names are labels)")
     p.add_argument("--gallery", required=True)
@@ -429,6 +443,38 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duplicates(a: argparse.Namespace) -> int:
+    from imgembed.index.snapshot import Snapshot
+    from imgembed.query.copies import find_duplicates
+    from imgembed.query.duplicate_export import report_csv, report_dict, shown
+
+    if a.threshold is not None and not -1.0 <= a.threshold <= 1.0:
+        raise ValueError(f"--threshold is a cosine similarity between -1 and 1, got {a.threshold}")
+    update, close = _tqdm_progress(show_progress(a))
+    try:
+        report = find_duplicates(Snapshot(a.index), preset=a.preset, threshold=a.threshold, progress=update)
+    finally:
+        close()
+    if a.csv:
+        Path(a.csv).write_text(report_csv(report))
+    if a.json:
+        print(json.dumps(report_dict(report), indent=2))
+        return 0
+    for n, g in enumerate(report.groups, 1):
+        say(f"group {n}: {len(g.members)} photos, {g.kind}; keep {shown(g.keeper.row.path)} ({g.reason})")
+        for m in g.members:
+            mark = "keep" if m.row.id == g.keeper.row.id else "    "
+            say(f"  {mark}  {m.score:6.3f}  {m.row.size / 1024:8.0f} KiB  {m.row.width:>5}x{m.row.height:<5}  "
+                f"{m.kind:<15}  {shown(m.row.path)}  ({m.evidence})")
+    print(report.summary())
+    if report.stats.get("missing copy data"):
+        say(f"{report.stats['missing copy data']} photos have no copy-detection data yet: run imgembed index on "
+            "their folders (nothing is embedded again)", err=True)
+    if a.csv:
+        say(f"wrote {a.csv}")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from imgembed.learn.evaluate import metrics_row, project
     from imgembed.model.embedder import Embedder
@@ -610,8 +656,8 @@ def _build_index(shards_dir: str, a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "similar": cmd_similar, "info": cmd_info,
-            "export": cmd_export, "serve": cmd_serve, "eval": cmd_eval, "verify": cmd_verify,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "similar": cmd_similar, "duplicates": cmd_duplicates,
+            "info": cmd_info, "export": cmd_export, "serve": cmd_serve, "eval": cmd_eval, "verify": cmd_verify,
             "train-head": cmd_train_head, "build-index": cmd_build_index}
 
 

@@ -20,6 +20,8 @@ POOLS = ("gem", "avg")  # CNN backbones (imgembed.model.backbones)
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")  # imgembed.index.faiss_index; "auto" chooses one
 LABEL_MODES = ("folders", "none")  # imgembed.learn.train
 LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
+# imgembed.query.copies: same pixels; edited copies of one photo (the default); near-identical scenes
+DUPLICATE_PRESETS = ("exact", "copies", "similar")
 DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
 
 

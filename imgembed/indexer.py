@@ -15,6 +15,7 @@ whose file is gone and whose content went nowhere.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +25,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from imgembed.config import IMAGE_FORMATS, IndexJobCfg
+from imgembed.config import IMAGE_FORMATS, IndexJobCfg, resolve_workers
 from imgembed.index.format import MANIFEST, LiveFile, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
+from imgembed.ingest.copy_data import VERSION as COPY_DATA_VERSION
+from imgembed.ingest.copy_data import copy_data_of_file
 from imgembed.ingest.metadata import PhotoMeta, with_fallback
 from imgembed.ingest.reader import ImageSkipped, hash_file, read_metadata
 from imgembed.model.source import EmbedderSource
@@ -40,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 NON_FINITE = "the model gave a vector that is not finite (NaN or infinity); check the backbone and the head"
 
-# progress(stage, done, total): stage is "hash" or "embed"
+# progress(stage, done, total): stage is "hash", "embed" or "copies"
 Progress = Callable[[str, int, int], None]
 
 
@@ -68,6 +71,7 @@ class IndexSummary:
     embed_seconds: float = 0.0
     total: int = 0  # entries in the index after the run
     compiled: bool = False  # the model ran through torch.compile (see BackboneCfg.compile)
+    copy_data: int = 0  # contents given copy-detection data in this run (imgembed.ingest.copy_data)
     publish: PublishStats | None = None
 
     @property
@@ -103,6 +107,8 @@ class IndexSummary:
              + ("; model compiled with torch.compile, once: --compile off skips it" if self.compiled else "")
              + f"), {self.seconds:.1f} s in all") if self.indexed else f"nothing to embed, {self.seconds:.1f} s in all",
         ]
+        if self.copy_data:
+            out.append(f"copy-detection data for {self.copy_data} photos (imgembed duplicates)")
         if self.metadata:
             out.append(f"metadata (capture time, camera, GPS) read for {self.metadata} photos indexed before; "
                        "nothing re-embedded")
@@ -185,6 +191,7 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo:
             _embed(store, root, root_id, todo, source.get(), cfg, plan, summary, progress)
+        _add_copy_data(store, root, root_id, cfg, summary, progress)
         moved = store.drop_moved(root_id)
         summary.moved = [(fs.display(p), len(hashes)) for p, hashes in moved]
         for _, hashes in moved:  # copies of a vanished folder's photos were moves
@@ -349,3 +356,43 @@ def _flush(store: StoreWriter, root_id: int, pending: list[NewFile], vecs: list,
     summary.indexed += len(pending)
     pending.clear()
     vecs.clear()
+
+
+def _add_copy_data(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCfg, summary: IndexSummary,
+                   progress: Progress | None) -> None:
+    """Perceptual hashes and keypoints of every content of this root that has none yet: the photos just
+    embedded or reused, and those indexed before the index stored them. Needs no model."""
+    store.keep_copy_data_version(COPY_DATA_VERSION)
+    todo = store.lacking_copy_data(root_id)
+    if not todo:
+        return
+
+    def one(item: tuple[str, bytes]):
+        digest, rel = item
+        try:
+            read, d = copy_data_of_file(fs.abspath(root, rel), cfg.reader)
+            if read != digest:
+                return digest, rel, None, "the file changed since it was indexed"
+            return digest, rel, (digest, d.hashes, d.keypoints), None
+        except ImageSkipped as e:
+            return digest, rel, None, str(e)
+        except Exception as e:  # a decoder or OpenCV bug must not stop the run; the next run retries
+            return digest, rel, None, f"{type(e).__name__}: {e}"
+
+    pending = []
+    workers = max(1, resolve_workers(cfg.embed.workers) or (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for n, (digest, rel, row, err) in enumerate(pool.map(one, todo), 1):
+            if row is None:
+                logger.warning("no copy-detection data for %s: %s (the next run tries again)", fs.display(rel), err)
+            else:
+                pending.append(row)
+            if len(pending) >= cfg.commit_every:
+                store.add_copy_data(pending)
+                summary.copy_data += len(pending)
+                pending.clear()
+            if progress:
+                progress("copies", n, len(todo))
+    if pending:
+        store.add_copy_data(pending)
+        summary.copy_data += len(pending)

@@ -37,7 +37,7 @@ def test_the_readme_example_runs(tmp_path):
     assert lines[0] == "60 photos"
     assert len(lines) == 7 and "2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg" in lines[1]
     assert lines[1].startswith("1.000")
-    assert re.match(r"3 neighbours; \d+ groups of near-duplicates", lines[-1])
+    assert re.match(r"3 neighbours; \d+ groups of copies", lines[-1])
 
 
 @pytest.fixture
@@ -70,7 +70,11 @@ def test_neighbours_duplicates_and_photos(ix):
     groups = index.duplicates(threshold=0.999)
     group = next(g for g in groups if str(paths[0].resolve()) in {p.path for p in g.photos})
     assert str((folder / "copy.jpg").resolve()) in {p.path for p in group.photos}  # (the tiny backbone
-    assert group.score >= 0.999 and group.keeper in {p.id for p in group.photos}  # groups more than copies)
+    assert group.score >= 0.999 and group.keeper == group.photos[0].id  # groups more than copies)
+    copies = index.duplicates()  # the copies preset: the byte copy and nothing else
+    pair = {str(paths[0].resolve()), str((folder / "copy.jpg").resolve())}
+    assert [{p.path for p in g.photos} for g in copies] == [pair]
+    assert copies[0].kind == "identical bytes" and copies[0].reason
     assert len(list(index.photos())) == index.info().count == 10
     assert index.filter_choices()["folders"] == ["", "c0", "c1", "c2"]
 

@@ -205,7 +205,7 @@ def test_bad_uploads_get_a_message_and_the_app_keeps_working(demo, monkeypatch):
 # ---------------------------------------------------------------- small indexes (test backbones)
 
 
-def test_duplicates_view_groups_copies_side_by_side(tmp_path, monkeypatch):
+def test_duplicates_view_groups_copies_ticks_and_downloads(tmp_path, monkeypatch):
     folder = tmp_path / "photos"
     folder.mkdir()
     for cls in ("dress", "hat", "pants", "shoes", "t-shirt"):
@@ -214,24 +214,37 @@ def test_duplicates_view_groups_copies_side_by_side(tmp_path, monkeypatch):
     shutil.copy(folder / "hat.jpg", folder / "hat copy.jpg")  # exact copy
     with Image.open(folder / "shoes.jpg") as im:  # resized, re-encoded copy
         im.resize((im.width // 2, im.height // 2)).save(folder / "shoes small.jpg", quality=80)
-    ix = index_tiny(folder, tmp_path / "ix", "efficientnet-lite0")
+    with Image.open(folder / "dress.jpg") as im:  # a crop: found by keypoints
+        im.crop((0, 0, int(im.width * 0.8), int(im.height * 0.8))).save(folder / "dress crop.jpg", quality=90)
+    ix = index_tiny(folder, tmp_path / "ix")
     at = start(monkeypatch, ix)
     at.radio(key="view").set_value("Duplicates").run()
     assert not at.exception
-    at.slider(key="dup_threshold").set_value(0.9).run()
-    caps = [c for im in at.get("image") for c in im.captions]
-    assert len(caps) == 4, caps  # two groups of two, nothing else
     groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
-    assert len(groups) == 2 and all("2 photos" in g for g in groups)
-    joined = " | ".join(caps)
-    assert "hat copy\\.jpg" in joined and "shoes small\\.jpg" in joined
-    small = next(c for c in caps if c.startswith("shoes small"))
-    large = next(c for c in caps if c.startswith("shoes\\.jpg"))
-    assert "**largest**" in large and "largest" not in small and "px" in small and "KB" in small
-    assert not any("largest" in c for c in caps if c.startswith("hat"))  # same size: no pick made
+    assert len(groups) == 3, groups  # the default preset: copies
+    assert "identical bytes" in groups[0] and "hat" in groups[0]  # byte copies come first
+    shoes = next(g for g in groups if "shoes" in g)
+    assert "keep **shoes\\.jpg**" in shoes and "largest resolution" in shoes
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert len(caps) == 6 and sum(c.startswith("**keep**") for c in caps) == 3
+    assert any(c.startswith("dress crop") and "matching keypoints" in c for c in caps)
+    assert not at.get("download_button")  # nothing ticked yet
+    at.checkbox(key=f"drop-{_id(ix, b'shoes small.jpg')}").check().run()
+    assert any("1 files ticked" in m.value for m in at.markdown)
+    assert len(at.get("download_button")) == 2  # the CSV and the move script
+    at.button(key="tick-all").click().run()
+    assert any("3 files ticked" in m.value for m in at.markdown)
+    at.radio(key="dup_mode").set_value("exact").run()
+    groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
+    assert len(groups) == 1 and "hat" in groups[0]
+    at.radio(key="dup_mode").set_value("threshold").run()
     at.slider(key="dup_threshold").set_value(1.0).run()
-    assert len(at.get("image")) <= 2  # only the exact copy can survive 1.000
-    assert (folder / "hat copy.jpg").exists() and (folder / "shoes small.jpg").exists()  # nothing deleted
+    assert len(at.get("image")) <= 2  # only the byte copy survives a cosine of 1.000
+    assert all((folder / n).exists() for n in ("hat copy.jpg", "shoes small.jpg", "dress crop.jpg"))  # nothing moved
+
+
+def _id(ix, relpath: bytes) -> int:
+    return next(r.id for r in Searcher(ix).snapshot.iter_rows() if r.relpath == relpath)
 
 
 def test_text_query_with_a_clip_backbone(photos, tmp_path, monkeypatch, tiny_clip):

@@ -43,9 +43,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_url(tmp_path_factory, tmp_path):
-    index = demo_index(tmp_path_factory)
+def _serve(index, tmp_path):
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "w+")
     env = {**os.environ, "IMGEMBED_INDEX": str(index), "PYTHONPATH": str(ROOT)}
@@ -92,6 +90,26 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture
+def app_url(tmp_path_factory, tmp_path):
+    yield from _serve(demo_index(tmp_path_factory), tmp_path)
+
+
+@pytest.fixture
+def dup_url(tmp_path_factory, tmp_path):
+    """The app on an index of the sample photos plus the demo's copies of six of them (make demo)."""
+    from imgembed.config import EmbedCfg, IndexJobCfg
+    from imgembed.indexer import index_folder
+
+    copies = tmp_path / "demo-copies"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_copies.py"), str(ASSETS), str(copies)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    index = tmp_path / "dup-index"
+    for folder in (ASSETS, copies):
+        index_folder(folder, index, IndexJobCfg(embed=EmbedCfg(workers=0)))
+    yield from _serve(index, tmp_path)
 
 
 def _wait_idle(page) -> None:
@@ -259,7 +277,7 @@ def test_every_view_in_chromium(browser, app_url, size):  # browser first: skips
     assert p["name"] not in _result_names(page)
 
     page.get_by_text("Duplicates", exact=True).click()
-    page.get_by_text("Similarity threshold").wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"\d+ groups holding \d+ photos")).wait_for(timeout=120_000)
     _wait_idle(page)
     shot("duplicates")
     print(f"\n{size} {w}x{h}: browser flow {time.perf_counter() - t0:.1f} s; latency shown: upload '{first}', "
@@ -294,3 +312,31 @@ def test_a_page_without_an_index_in_chromium(browser, tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_duplicates_review_in_chromium(browser, dup_url):
+    page = browser.new_page(viewport={"width": 1440, "height": 1500})
+    page.goto(dup_url, wait_until="domcontentloaded")
+    page.get_by_text("Duplicates", exact=True).wait_for(timeout=180_000)
+    page.get_by_text("Duplicates", exact=True).click()
+    page.get_by_text(re.compile(r"^Group 1")).wait_for(timeout=120_000)
+    _wait_idle(page)
+    groups = page.locator('[data-testid="stMarkdownContainer"]').filter(
+        has_text=re.compile(r"^Group \d+ · ")).all_inner_texts()
+    assert len(groups) == 6, groups  # the six photos the demo copies
+    assert "identical bytes" in groups[0]  # byte copies first
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / "app-duplicates-top.png"))
+    page.get_by_text("Tick all but the suggested keepers").click()
+    page.get_by_text(re.compile(r"\d+ files ticked")).wait_for(timeout=60_000)
+    _wait_idle(page)
+    ticked = page.get_by_text(re.compile(r"\d+ files ticked")).inner_text()
+    assert ticked.startswith("11 files ticked"), ticked
+    page.screenshot(path=str(out / "app-duplicates.png"), full_page=True)
+    buttons = page.locator('[data-testid="stDownloadButton"]')
+    assert buttons.count() == 2, buttons.all_inner_texts()
+    with page.expect_download() as dl:
+        buttons.filter(has_text="script").locator("button").click()
+    script = Path(dl.value.path()).read_bytes()
+    assert script.startswith(b"#!/bin/sh") and script.count(b"\nmove ") == 11 and b"rm " not in script

@@ -118,6 +118,7 @@ def test_argparse_choices_come_from_the_config_lists():
         assert _choices(p, command, "--compile") == config.COMPILE_MODES
     assert _choices(p, "train-head", "--labels") == config.LABEL_MODES
     assert _choices(p, "train-head", "--loss") == config.LOSSES
+    assert _choices(p, "duplicates", "--preset") == config.DUPLICATE_PRESETS
 
 
 def test_each_choice_list_is_what_its_implementation_accepts():
@@ -131,6 +132,9 @@ def test_each_choice_list_is_what_its_implementation_accepts():
         choose_type(config.IndexCfg(index_type="annoy"), 10)
     for name in config.LOSSES:
         assert create_loss(name, 8, 3) is not None
+    from imgembed.query.copies import PRESETS
+
+    assert tuple(PRESETS) == config.DUPLICATE_PRESETS
     with pytest.raises(ValueError, match="unknown loss"):
         create_loss("arcface", 8, 3)
     for mode in config.COMPILE_MODES:

@@ -13,7 +13,7 @@ from imgembed.index.format import StoreError
 from imgembed.indexer import index_folder
 from imgembed.query import collection
 from imgembed.query.collection import collection_map, neighbour_graph_of
-from imgembed.query.duplicates import duplicate_groups, suggested_keeper
+from imgembed.query.duplicates import duplicate_groups, keeper_of
 from imgembed.query.search import Query, Searcher
 
 
@@ -65,14 +65,22 @@ def test_collection_map_places_every_photo(index):
     assert n == 5  # a fixed sample of larger collections
 
 
-Member = namedtuple("Member", "id width height size")
+Member = namedtuple("Member", "id width height size mtime_ns path")
 
 
-def test_suggested_keeper_is_the_largest_resolution_then_file():
-    assert suggested_keeper([Member(1, 10, 10, 500), Member(2, 20, 10, 100)]) == 2
-    assert suggested_keeper([Member(1, 20, 10, 500), Member(2, 20, 10, 100)]) == 1
-    assert suggested_keeper([Member(1, 20, 10, 100), Member(2, 10, 20, 100)]) is None  # a tie
-    assert suggested_keeper([]) is None
+def test_keeper_is_the_largest_resolution_then_file_then_oldest():
+    def m(i, w, h, size, mtime=0, path=None):
+        return Member(i, w, h, size, mtime, path or f"/p/{i}.jpg")
+
+    assert keeper_of([m(1, 10, 10, 500), m(2, 20, 10, 100)]) == (2, "largest resolution (20x10)")
+    assert keeper_of([m(1, 20, 10, 500), m(2, 20, 10, 100), m(3, 5, 5, 900)]) == (
+        1, "largest file (0 KiB) at the largest resolution")
+    i, why = keeper_of([m(1, 20, 10, 100, 2_000_000_000), m(2, 10, 20, 100, 1_000_000_000)])
+    assert i == 2 and why.startswith("oldest (")  # same pixel count and size: the older one
+    assert keeper_of([m(2, 20, 10, 100, 5, "/b.jpg"), m(1, 20, 10, 100, 5, "/a.jpg")])[0] == 1  # all equal
+    assert keeper_of([m(7, 1, 1, 1)]) == (7, "the only photo")
+    with pytest.raises(ValueError):
+        keeper_of([])
 
 
 def test_one_dispatch_for_every_kind_of_query(index):

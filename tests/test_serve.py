@@ -169,6 +169,12 @@ def test_duplicates(served):
     groups = httpx.get(server.url + "/duplicates", params={"threshold": 0.99}).json()["groups"]
     pair = next(g for g in groups if any(p["path"].endswith("copy-of-0.jpg") for p in g["photos"]))
     assert {p["path"] for p in pair["photos"]} >= {str(paths[0].resolve())}
+    copies = httpx.get(server.url + "/duplicates").json()  # the copies preset: the byte copy alone
+    assert copies["preset"] == "copies" and len(copies["groups"]) == 1
+    copy = next(p["path"] for p in pair["photos"] if p["path"].endswith("copy-of-0.jpg"))
+    assert {p["path"] for p in copies["groups"][0]["photos"]} == {str(paths[0].resolve()), copy}
+    assert copies["groups"][0]["kind"] == "identical bytes" and copies["groups"][0]["reason"]
+    assert httpx.get(server.url + "/duplicates", params={"preset": "nope"}).status_code == 422
 
 
 def test_twenty_concurrent_requests(served):

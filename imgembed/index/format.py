@@ -3,7 +3,7 @@
 Layout of an index directory::
 
     manifest.json        format version, what made the vectors (backbone, weights, head), dim, metric
-    meta.sqlite          files, their vectors (by content hash), and the published generation
+    meta.sqlite          files, their vectors and copy-detection data (by content hash), the published generation
     vectors.<gen>.faiss  the searchable index of generation <gen>
     head.safetensors/.json  the projection head, when the index was built with one
     write.lock           held by the one process that may write
@@ -95,6 +95,12 @@ MIGRATIONS = [
         folder BLOB NOT NULL  -- the folder relative to its root ('' at the root)
     );
     CREATE INDEX IF NOT EXISTS photo_meta_taken ON photo_meta(taken);
+    """,
+    # 5: copy-detection data of each content (imgembed.ingest.copy_data): 8 perceptual hashes and the
+    # packed ORB keypoints. Content indexed before this migration has none until the next index run
+    # of its folder, which computes it from the files without embedding them again.
+    """
+    CREATE TABLE IF NOT EXISTS copy_data (hash TEXT PRIMARY KEY, hashes BLOB NOT NULL, keypoints BLOB NOT NULL);
     """,
 ]
 # The first schema version that records photo metadata.
@@ -375,6 +381,11 @@ def select_in(con: sqlite3.Connection, sql: str, values: Iterable) -> Iterator[t
     for i in range(0, len(values), IN_CHUNK):
         chunk: Sequence = values[i:i + IN_CHUNK]
         yield from con.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    """Whether the database has table ``name`` (a reader may open an index older than its migrations)."""
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def read_meta(con: sqlite3.Connection, key: str) -> str:

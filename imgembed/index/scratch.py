@@ -15,10 +15,6 @@ from typing import Callable, ContextManager
 Tx = Callable[[], ContextManager]
 
 
-def has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
-
-
 def record(con: sqlite3.Connection, tx: Tx, *names: str) -> None:
     """List files before creating them (committed at once)."""
     with tx():

@@ -26,6 +26,7 @@ from imgembed.index.format import (
     camera_name,
     connect,
     faiss_name,
+    has_table,
     read_manifest,
     read_meta,
     select_in,
@@ -171,6 +172,17 @@ class Snapshot:
         if not len(kept):
             return kept, np.zeros((0, self.manifest["dim"]), np.float32)
         return kept, np.stack([found[i] for i in kept.tolist()])
+
+    def copy_data(self, ids: Iterable[int], column: str = "hashes") -> dict[int, bytes]:
+        """``id -> perceptual hashes`` (or ``column="keypoints"``: packed keypoints) of those ``ids`` whose
+        content has copy-detection data (an index older than its migration has none until its next index run)."""
+        if column not in ("hashes", "keypoints"):
+            raise ValueError(f"no copy-data column {column!r}")
+        if not has_table(self.con, "copy_data"):
+            return {}
+        rows = select_in(self.con, f"SELECT f.id, c.{column} FROM files f JOIN copy_data c ON c.hash=f.hash "
+                                   "WHERE f.id IN ({marks})", (int(i) for i in ids))
+        return {r[0]: r[1] for r in rows}
 
     # -- photo metadata and filters
 

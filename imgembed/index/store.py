@@ -40,6 +40,7 @@ from imgembed.index.format import (
     connect,
     damaged,
     faiss_name,
+    has_table,
     is_damage,
     migrate,
     path_meta,
@@ -51,16 +52,17 @@ from imgembed.index.format import (
 
 logger = logging.getLogger(__name__)
 
-# Stored vectors that no live entry uses any more.
-_PURGE_ORPHANS = ("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)",
-                  "DELETE FROM plain WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)")
+# Stored vectors, plain vectors and copy-detection data that no live entry uses any more.
+_PURGE_ORPHANS = tuple(f"DELETE FROM {table} WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
+                       for table in ("vectors", "plain", "copy_data"))
 
 
 def _purge_orphans(con: sqlite3.Connection) -> int:
-    """Delete the stored vectors (and plain vectors) that no live entry uses; how many vectors."""
-    vectors, plain = _PURGE_ORPHANS
+    """Delete the stored vectors (plain vectors, copy-detection data) that no live entry uses; how many vectors."""
+    vectors, *others = _PURGE_ORPHANS
     n = con.execute(vectors).rowcount
-    con.execute(plain)
+    for sql in others:
+        con.execute(sql)
     return n
 
 
@@ -134,7 +136,7 @@ class StoreWriter:
                 # between the two never leaves a manifest without metadata.
                 self.con = connect(self.dir)
                 existing = self.con.execute("PRAGMA user_version").fetchone()[0] > 0
-                had_scratch = scratch.has_table(self.con, "scratch")
+                had_scratch = has_table(self.con, "scratch")
                 migrate(self.con)
                 self.published = int(read_meta(self.con, "generation"))
                 if existing and not had_scratch:  # an index from before the scratch table
@@ -288,7 +290,25 @@ class StoreWriter:
         row = self.con.execute("SELECT length(vec) FROM vectors LIMIT 1").fetchone()
         return row is None or row[0] == 4 * self.dim
 
+    def keep_copy_data_version(self, version: int) -> None:
+        """Drop copy-detection data computed by another version of its code (the next pass recomputes it)."""
+        if read_meta(self.con, "copy_data_version") != str(version):
+            with self._tx():
+                self.con.execute("DELETE FROM copy_data")
+                self.con.execute("INSERT OR REPLACE INTO meta VALUES ('copy_data_version', ?)", (str(version),))
+
+    def lacking_copy_data(self, root_id: int) -> list[tuple[str, bytes]]:
+        """``(content hash, relpath)`` of one live file of this root per content without copy-detection data."""
+        return self.con.execute(
+            "SELECT f.hash, min(f.relpath) FROM files f WHERE f.root_id=? AND f.removed_gen IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM copy_data c WHERE c.hash = f.hash) GROUP BY f.hash", (root_id,)).fetchall()
+
     # -- changes (committed at once, visible to readers only after publish)
+
+    def add_copy_data(self, rows: list[tuple[str, bytes, bytes]]) -> None:
+        """Record ``(content hash, perceptual hashes, packed keypoints)`` (see imgembed.ingest.copy_data)."""
+        with self._tx():
+            self.con.executemany("INSERT OR REPLACE INTO copy_data(hash, hashes, keypoints) VALUES (?, ?, ?)", rows)
 
     def remove(self, ids: Iterable[int]) -> None:
         ids = list(ids)

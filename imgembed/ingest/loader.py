@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgembed.config import ReaderCfg
 from imgembed.ingest import gpu_decode, reader
-from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.metadata import PhotoMeta
+from imgembed.ingest.preprocess import Preprocess
 from imgembed.ingest.reader import ImageSkipped, content_hash, decode_file, metadata_of, read_bytes
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Near-duplicate groups: photos whose vectors lie within a cosine threshold of one another.
+"""Near-duplicate groups: photos whose vectors lie within a cosine threshold of one another, and the
+member of a group to keep.
 
 Two steps, so that moving the threshold is cheap: a neighbour graph gives each photo's ``k``
 nearest other photos once, then :func:`duplicate_groups` keeps the edges at or above a threshold
@@ -12,6 +13,7 @@ Pure compute: arrays in, arrays and lists out. Nothing here touches files.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -71,17 +73,37 @@ def neighbour_graph_chunked(chunks: Iterable[tuple[np.ndarray, np.ndarray]], sea
     return NeighbourGraph(np.concatenate(all_ids), np.concatenate(all_nbr), np.concatenate(all_score))
 
 
-def suggested_keeper(members: list) -> int | None:
-    """The id of the member to keep: the largest resolution, then the largest file; None on a tie.
+def keeper_of(members: list) -> tuple[int, str]:
+    """The id of the member to keep, and why: the largest resolution, then the largest file, then the
+    oldest (modification time), then the first path.
 
-    ``members`` are index rows (anything with ``id``, ``width``, ``height`` and ``size``).
+    ``members`` are index rows (anything with ``id``, ``width``, ``height``, ``size``, ``mtime_ns``
+    and ``path``). Raises ValueError when there are none.
     """
-    size_of = {r.id: (r.width * r.height, r.size) for r in members}
-    if not size_of:
-        return None
-    best = max(size_of.values())
-    keepers = [i for i, v in size_of.items() if v == best]
-    return keepers[0] if len(keepers) == 1 else None
+    if not members:
+        raise ValueError("no members to choose a keeper from")
+
+    def rank(r):
+        return (-r.width * r.height, -r.size, r.mtime_ns, r.path)
+
+    order = sorted(members, key=rank)
+    best, rest = order[0], order[1:]
+    if not rest:
+        return best.id, "the only photo"
+    if all(r.width * r.height < best.width * best.height for r in rest):
+        return best.id, f"largest resolution ({best.width}x{best.height})"
+    tied = [r for r in rest if r.width * r.height == best.width * best.height]
+    if all(r.size < best.size for r in tied):
+        return best.id, f"largest file ({_size(best.size)}) at the largest resolution"
+    tied = [r for r in tied if r.size == best.size]
+    if all(r.mtime_ns > best.mtime_ns for r in tied):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(best.mtime_ns / 1e9))
+        return best.id, f"oldest ({when}) of the largest files"
+    return best.id, "identical size, resolution and age: the first path"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
 def duplicate_groups(graph: NeighbourGraph, threshold: float) -> list[DuplicateGroup]:

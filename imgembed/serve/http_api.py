@@ -10,7 +10,7 @@ Endpoints (the OpenAPI description is at ``/openapi.json``, its page at ``/docs`
     GET  /photos/{id}                   a photo's metadata
     GET  /photos/{id}/thumbnail?size=N  a JPEG preview of an indexed photo
     GET  /thumbnail?path=/abs/path.jpg  the same, by path: only for a file recorded in the index
-    GET  /duplicates?threshold=0.95     groups of near-identical photos
+    GET  /duplicates?preset=copies      groups of copies (as imgembed duplicates; or ?threshold=0.95)
 
 Filters (any search): ``under``, ``after``, ``before``, ``camera``, ``min_width``, ``ext`` (``jpg,heic``).
 
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from imgembed.api import Index, Photo, open_index
-from imgembed.config import MAX_UPLOAD_MB, ReaderCfg, query_reader_cfg
-from imgembed.index.filters import Filters
+from imgembed.config import DUPLICATE_PRESETS, MAX_UPLOAD_MB, ReaderCfg, query_reader_cfg
 from imgembed.errors import BackboneError, ImageSkipped, StoreError
+from imgembed.index.filters import Filters
 from imgembed.model.embedder import use_query_threads
 from imgembed.query.search import Hit
 from imgembed.query.thumbnails import jpeg_bytes, thumbnail
@@ -208,10 +208,12 @@ def create_app(cfg: ServeCfg, index: Index | None = None):
         return _thumbnail(_find(ix, path), size)
 
     @app.get("/duplicates", dependencies=guard)
-    def duplicates(threshold: float = Query(0.95, ge=0.5, le=1.0)) -> dict:
-        groups = ix.duplicates(threshold)
-        return {"threshold": threshold, "groups": [
-            {"score": round(g.score, 6), "keeper": g.keeper, "photos": [_photo(p) for p in g.photos]} for g in groups]}
+    def duplicates(preset: str = Query("copies", pattern="^(" + "|".join(DUPLICATE_PRESETS) + ")$"),
+                   threshold: float | None = Query(None, ge=0.5, le=1.0)) -> dict:
+        groups = ix.duplicates(preset, threshold)
+        return {"preset": None if threshold is not None else preset, "threshold": threshold, "groups": [
+            {"score": round(g.score, 6), "keeper": g.keeper, "reason": g.reason, "kind": g.kind,
+             "photos": [_photo(p) for p in g.photos]} for g in groups]}
 
     def _thumbnail(p: Photo, size: int) -> Response:
         try:

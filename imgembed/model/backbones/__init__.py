@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
-from imgembed.ingest.preprocess import Preprocess
-
-
 from imgembed.errors import BackboneError  # noqa: E402  (defined beside nothing heavy; raised here)
+from imgembed.ingest.preprocess import Preprocess
 
 
 class Backbone(nn.Module):
