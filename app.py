@@ -47,7 +47,7 @@ from imgembed.query.present import (
     shown_path,
     upload_problem,
 )
-from imgembed.query.recent import index_for_page, load_settings, opened, recent_indexes
+from imgembed.query.recent import index_for_page, is_index, load_settings, opened, recent_indexes
 from imgembed.query.search import Answer, Hit, Query, Searcher
 from imgembed.query.thumbnails import fit, jpeg_bytes, thumbnail
 from imgembed.text import printable
@@ -316,7 +316,10 @@ def open_form(current: str) -> None:
 
 def no_index_page(index_dir: str, problem: str) -> None:
     st.title("imgembed: find similar photos")
-    st.error(f"Cannot open the index at {md(index_dir)}: {md(problem)}")
+    if is_index(index_dir):  # an index that cannot be read: why
+        st.error(f"Cannot open the index at {md(index_dir)}: {md(problem)}")
+    else:  # none yet: nothing went wrong
+        st.info(f"There is no index at {md(index_dir)} yet.")
     st.markdown(
         "An index holds the embeddings of a folder of photos. Build one here, or on the command line "
         "and point the app at it:\n\n"

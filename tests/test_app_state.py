@@ -14,6 +14,7 @@ from imgembed.query.recent import (
     AppSettings,
     index_for_page,
     index_to_open,
+    is_index,
     load_settings,
     opened,
     recent_indexes,
@@ -91,6 +92,7 @@ def test_opened_remembers_and_the_next_page_opens_it(tmp_path, monkeypatch):
     gone = tmp_path / "gone"
     opened(gone, f)
     assert [(r.path, r.exists) for r in recent_indexes(load_settings(f))] == [(str(gone), False), (str(ix), True)]
+    assert is_index(ix) and not is_index(gone) and not is_index(tmp_path)
 
 
 # ---------------------------------------------------------------- one current query, and back

@@ -305,7 +305,7 @@ def test_a_page_without_an_index_in_chromium(browser, tmp_path, monkeypatch):
         for size, (w, h) in SIZES.items():
             page = browser.new_page(viewport={"width": w, "height": h})
             page.goto(url, wait_until="domcontentloaded")
-            page.get_by_text("Cannot open the index").wait_for(timeout=120_000)
+            page.get_by_text("There is no index at").wait_for(timeout=120_000)
             _wait_idle(page)
             assert page.get_by_role("button", name="Index this folder").is_visible()
             page.screenshot(path=str(ROOT / "artifacts" / f"app-{size}-no-index.png"), full_page=True)

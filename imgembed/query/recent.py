@@ -82,9 +82,14 @@ def index_to_open(url_index: str | None, settings: AppSettings, env_index: str |
     return env_index or default
 
 
+def is_index(path: str | Path) -> bool:
+    """Whether an index is there (its manifest), readable or not."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def recent_indexes(settings: AppSettings) -> list[RecentIndex]:
     """The recently opened indexes, newest first, each marked whether it is still there."""
-    return [RecentIndex(p, (Path(p) / MANIFEST).is_file()) for p in settings.recent]
+    return [RecentIndex(p, is_index(p)) for p in settings.recent]
 
 
 def index_for_page(url_index: str | None, fallback: str, path: str | Path | None = None) -> str:
