@@ -86,6 +86,9 @@ h1 { font-size: 2.2rem !important; }
   .st-key-results [class*="st-key-card-"] [data-testid="stColumn"] { min-width: 0 !important; flex: 1 1 0 !important; }
   .st-key-results [class*="st-key-card-"] [data-testid="stColumn"]:last-child { flex: 0 0 auto !important; }
   .st-key-query [data-testid="stImage"] { max-width: 50%; margin: 0 auto; }
+  /* the collection's four figures: two a row */
+  .st-key-facts [data-testid="stHorizontalBlock"] { flex-flow: row wrap !important; }
+  .st-key-facts [data-testid="stColumn"] { flex: 0 0 calc(50% - 0.5rem) !important; min-width: calc(50% - 0.5rem) !important; }
 }
 </style>"""
 
@@ -568,7 +571,8 @@ def drop_panel(searcher: Searcher, groups: list[Group]) -> None:
 
 def collection_view(searcher: Searcher) -> None:
     info = searcher.info()
-    cols = st.columns(4)
+    with st.container(key="facts"):
+        cols = st.columns(4)
     cols[0].metric("Photos", f"{info.count:,}")
     cols[1].metric("On disk", f"{info.disk_bytes / 2**20:.1f} MiB")
     cols[2].metric("Dimensions", info.dim)

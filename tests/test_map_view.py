@@ -46,6 +46,9 @@ def test_every_photo_gets_a_named_clickable_point_on_its_thumbnail(index):
     assert "select" in fig["layout"]["clickmode"]  # a click is a selection event
     img = fig["layout"]["images"][0]
     assert base64.b64decode(img["source"].split(",", 1)[1]) == m.jpeg and (img["sizex"], img["sizey"]) == (w, h)
+    lay = fig["layout"]  # the axes span the canvas exactly, however wide the page
+    assert lay["xaxis"]["range"] == [0, w] and lay["yaxis"]["range"] == [0, h]
+    assert lay["xaxis"]["autorange"] is False and lay["yaxis"]["autorange"] is False
     assert m.id_at(0) == m.ids[0] and m.id_at(len(m.ids)) is None and m.id_at(-1) is None
     assert m.caption().startswith("All 12 photos")
 

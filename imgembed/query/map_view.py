@@ -96,7 +96,9 @@ def map_figure(m: CollectionMap) -> dict:
     w, h = m.size
     xy = m.centres()
     uri = "data:image/jpeg;base64," + base64.b64encode(m.jpeg).decode()
-    axis = {"visible": False, "fixedrange": False, "showgrid": False, "zeroline": False}
+    # fixed ranges (no autorange: it pads the axes and shrinks the map), constrained to the domain
+    axis = {"visible": False, "fixedrange": True, "showgrid": False, "zeroline": False, "autorange": False,
+            "constrain": "domain"}
     return {
         "data": [{
             "type": "scatter", "mode": "markers", "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
