@@ -196,7 +196,7 @@ def test_bad_uploads_get_a_message_and_the_app_keeps_working(demo, monkeypatch):
     for name, (data, why) in bad.items():
         upload(at, name, data)
         assert len(at.error) == 1, name
-        assert why in at.error[0].value and "cannot be used as a query" in at.error[0].value, name
+        assert why in at.error[0].value.replace("\\", "") and "cannot be used as a query" in at.error[0].value, name
         assert not results(at)
     upload(at, "fine.jpg", good)
     assert not at.error and len(results(at)) == 10
