@@ -73,6 +73,8 @@ CSS = """<style>
 .st-key-results [data-testid="stImage"] img { aspect-ratio: 1 / 1; object-fit: contain; }
 .st-key-fullview [data-testid="stImage"] img { max-height: 75vh; width: auto; max-width: 100%; object-fit: contain; }
 h1 { font-size: 2.2rem !important; }
+/* the uploader's own size hint names the browser's limit, above the app's (its label says the real one) */
+[data-testid="stFileUploaderDropzoneInstructions"] span { display: none; }
 @media (max-width: 640px) {
   h1 { font-size: 1.6rem !important; }
   /* the rows of cards become one flowing grid of two cards a row */

@@ -199,6 +199,7 @@ def test_every_view_in_chromium(browser, app_url, size):  # browser first: skips
     page.locator('input[type="file"]').wait_for(state="attached", timeout=180_000)  # model loads first
     _wait_idle(page)
     assert page.get_by_text("Deploy", exact=True).count() == 0  # client.toolbarMode = "viewer"
+    assert page.get_by_text(re.compile(r"\d+ ?MB per file")).filter(visible=True).count() == 0  # one limit shown: 25 MB
     opened = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["index"]  # a reload keeps it
     assert len(opened) == 1 and opened[0].endswith("demo-index"), page.url
     shot("start")
