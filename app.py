@@ -580,8 +580,9 @@ def collection_view(searcher: Searcher) -> None:
     cols[2].metric("Dimensions", info.dim)
     cols[3].metric("Generation", info.generation)
     st.markdown(f"**Backbone** {md(info.backbone)} · **index type** {md(info.index_type or 'empty')} · "
-                f"**head** {md(info.head or 'none')} · **database-side augmentation** {info.dba} · "
-                f"**metric** {info.metric}  \n**Index folder** {md(info.path)}")
+                f"**head** {md(info.head or 'none')} · **projection** {md(info.projection)} · "
+                f"**database-side augmentation** {info.dba} · **metric** {info.metric}  \n"
+                f"**Index folder** {md(info.path)}")
     st.subheader("Map of the collection")
     m = collection_map(str(searcher.dir), searcher.snapshot.generation, searcher)
     if m is None:

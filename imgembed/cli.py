@@ -21,6 +21,7 @@ from imgembed.config import (
     LABEL_MODES,
     LOSSES,
     POOLS,
+    PROJECTION_MODES,
     BackboneCfg,
     EmbedCfg,
     IndexCfg,
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database-side augmentation: store each photo's vector averaged with its 10 nearest "
                         "neighbours' (better class-level search; sticks until changed; default: as the index has it, "
                         "off for a new one)")
+    p.add_argument("--projection", choices=PROJECTION_MODES, default="",
+                   help="auto: once the collection holds 1,000 photos, fit a 128-d projection on its own "
+                        "features (no labels) and store every vector through it; off: keep the model's features "
+                        "(default: as the index has it; auto for a new index without --head and without a "
+                        "text-capable backbone)")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of failing")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--commit-every", type=int, default=IndexJobCfg.commit_every,
@@ -278,7 +284,8 @@ def _tqdm_progress(enabled: bool):
 
 def _job_cfg(a: argparse.Namespace) -> IndexJobCfg:
     return IndexJobCfg(backbone=_backbone_cfg(a), embed=EmbedCfg(batch_size=a.batch_size, workers=a.workers),
-                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type, dba=getattr(a, "dba", "")),
+                       reader=_reader_cfg(a), index=IndexCfg(index_type=a.index_type, dba=getattr(a, "dba", ""),
+                                                       projection=getattr(a, "projection", "")),
                        head=a.head,
                        commit_every=a.commit_every)
 
@@ -437,7 +444,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         for line in (f"index      {info.path}", f"images     {info.count}", f"dim        {info.dim}",
                      f"backbone   {info.backbone}", f"head       {info.head or 'none'}",
                      f"index type {info.index_type or 'empty'}" + (f" (nprobe {info.nprobe})" if info.nprobe else ""),
-                     f"DBA        {info.dba}", f"metric     {info.metric}", f"generation {info.generation}",
+                     f"projection {info.projection}", f"DBA        {info.dba}", f"metric     {info.metric}",
+                     f"generation {info.generation}",
                      f"on disk    {info.disk_bytes / 2**20:.1f} MiB"):
             say(line)
     return 0

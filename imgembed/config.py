@@ -23,6 +23,7 @@ LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
 # imgembed.query.copies: same pixels; edited copies of one photo (the default); near-identical scenes
 DUPLICATE_PRESETS = ("exact", "copies", "similar")
 DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
+PROJECTION_MODES = ("auto", "off")  # imgembed.index.projection: a projection fitted on the collection
 
 
 def default_index() -> str:
@@ -140,6 +141,10 @@ class IndexCfg:
     # Database-side augmentation (DBA_MODES): "on" stores each photo's vector averaged with its 10
     # nearest neighbours' (imgembed.index.dba). "" keeps what the index has (off for a new index).
     dba: str = ""
+    # PROJECTION_MODES: "auto" fits a 128-d label-free projection on the collection's own features
+    # once it holds 1,000 photos (imgembed.index.projection), "off" keeps the model's features.
+    # "" keeps what the index has (a new index: "off"; imgembed index chooses "auto").
+    projection: str = ""
 
 
 @dataclass

@@ -15,10 +15,24 @@ from imgembed.errors import StoreError
 IDENTITY_KEYS = ("backbone", "backbone_fingerprint", "pool", "head_fingerprint", "dim", "preprocess")
 
 
+def raw_identity(recorded: dict) -> dict:
+    """The identity of the features an index is made from: for an index that projects them itself
+    (its ``projection`` record), the embedder without that projection; else the recorded one."""
+    projection = recorded.get("projection")
+    return projection["raw"] if projection else recorded
+
+
 def identity_diffs(recorded: dict, identity: dict) -> list[str]:
-    """The keys on which an embedder's ``identity`` differs from a ``recorded`` one."""
+    """The keys on which an embedder's ``identity`` differs from a ``recorded`` one. An index that
+    projects its features itself takes both the embedder of its features and that embedder with
+    its projection as head (which is how queries are embedded)."""
     identity = json.loads(json.dumps(identity))  # tuples -> lists, as stored
-    return [k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)]
+    diffs = [k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)]
+    if diffs and recorded.get("projection"):
+        raw = recorded["projection"]["raw"]
+        if all(raw.get(k) == identity.get(k) for k in IDENTITY_KEYS):
+            return []
+    return diffs
 
 
 def describe(identity: dict) -> str:

@@ -19,7 +19,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -172,7 +172,8 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         heads = head_paths(cfg.head)
     else:
         heads = ()
-    with StoreWriter(index_dir, source.identity, cfg.index, head_files=heads, wait=wait) as store:
+    index_cfg = replace(cfg.index, projection=projection_mode(cfg, recorded, source))
+    with StoreWriter(index_dir, source.identity, index_cfg, head_files=heads, wait=wait) as store:
         if not store.stored_dim_ok():  # a manifest edited by hand: the real model's identity speaks
             source.get()
         root_id = store.root_id(root)  # refused when inside a folder the index holds
@@ -347,6 +348,25 @@ def _count_embedded(rel: bytes, digest: str, plan: _Plan, summary: IndexSummary,
     else:
         summary.new += 1
     seen.add(digest)
+
+
+def projection_mode(cfg: IndexJobCfg, recorded: dict | None, source: EmbedderSource) -> str:
+    """The index's own projection (imgembed.index.reproject): what ``cfg`` asks for, else what the
+    index has, else for a new index "auto", unless a head projects the features already or the
+    backbone embeds text too (a projection fitted on photos alone would cost text search)."""
+    asked = cfg.index.projection
+    if asked == "auto" and cfg.head:
+        raise ValueError("--projection auto fits the index's own projection; it does not go with --head")
+    if recorded is not None and not asked:
+        return ""  # what the index has
+    if asked == "off" or cfg.head:
+        return "off"
+    if source.get().has_text:  # (a new index has built its model already)
+        if asked:
+            raise ValueError(f"{cfg.backbone.name} embeds text too: its features stay as they are so text "
+                             "search keeps working (--projection auto is for image-only backbones)")
+        return "off"
+    return "auto"
 
 
 def _flush(store: StoreWriter, root_id: int, pending: list[NewFile], vecs: list, summary: IndexSummary) -> None:

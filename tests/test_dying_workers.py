@@ -70,3 +70,14 @@ def test_an_index_run_goes_on_past_a_killed_worker(tmp_path, deadly):
     cfg.embed.workers = 2
     s = index_folder(folder, tmp_path / "ix", cfg)
     assert s.total == 8 and s.skipped == [("killer.jpg", loader.KILLED)]
+
+
+def test_a_dead_worker_is_reported_by_the_loader_not_by_a_signal_anywhere(tmp_path, deadly):
+    """Torch's SIGCHLD handler would raise wherever the main thread is when a worker dies (in the
+    code consuming the batches, which cannot take it); the loader takes it out."""
+    items = _items(tmp_path / "p", [f"ok{i:02d}.jpg" for i in range(4)] + ["killer.jpg"])
+    got = []
+    for b in loader.iter_batches(items, PRE, ReaderCfg(), batch_size=1, workers=2):
+        assert not callable(signal.getsignal(signal.SIGCHLD))  # while the batches are consumed
+        got += b.keys
+    assert got == [f"ok{i:02d}.jpg" for i in range(4)]

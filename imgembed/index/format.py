@@ -6,6 +6,8 @@ Layout of an index directory::
     meta.sqlite          files, their vectors and copy-detection data (by content hash), the published generation
     vectors.<gen>.faiss  the searchable index of generation <gen>
     head.safetensors/.json  the projection head, when the index was built with one
+    projection-<gen>.safetensors/.json  the projection the index fitted on its own photos, published
+                         in generation <gen> (imgembed.index.projection: IndexCfg.projection "auto")
     write.lock           held by the one process that may write
     .<name>.tmp          a file being written (then renamed onto <name>)
 
@@ -101,6 +103,12 @@ MIGRATIONS = [
     # of its folder, which computes it from the files without embedding them again.
     """
     CREATE TABLE IF NOT EXISTS copy_data (hash TEXT PRIMARY KEY, hashes BLOB NOT NULL, keypoints BLOB NOT NULL);
+    """,
+    # 6: the model's own features (float16) of each content, kept once the index projects them
+    # (imgembed.index.projection), so the projection can be fitted again or turned off without
+    # embedding anything again.
+    """
+    CREATE TABLE IF NOT EXISTS raw (hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
     """,
 ]
 # The first schema version that records photo metadata.
@@ -219,9 +227,14 @@ def read_manifest(index_dir: str | Path) -> dict:
         bad = [k for k, v in cfg.items() if k not in known or type(v) is not known[k]]
         if bad:
             problems.append(f"index_cfg has unknown or mistyped keys: {', '.join(map(str, bad))}")
-    if m.get("head") not in (None, "head.safetensors"):
+    head = m.get("head")
+    if head not in (None, "head.safetensors") and not (
+            isinstance(head, str) and PROJECTION_FILE.fullmatch(head) and head.endswith(".safetensors")):
         # The head is loaded from the index folder only; a manifest never names another path.
-        problems.append(f"head must be null or 'head.safetensors', got {m.get('head')!r}")
+        problems.append(f"head must be null, 'head.safetensors' or 'projection-N.safetensors', got {m.get('head')!r}")
+    if m.get("projection") is not None and not (isinstance(m["projection"], dict)
+                                                and isinstance(m["projection"].get("raw"), dict)):
+        problems.append("projection must be null or an object with the raw features' identity")
     if not isinstance(m.get("head_fingerprint"), (str, type(None))):
         problems.append("head_fingerprint must be a string or null")
     if problems:
@@ -232,6 +245,7 @@ def read_manifest(index_dir: str | Path) -> dict:
 # ---------------------------------------------------------------- the folder's entries
 
 HEAD_FILES = ("head.safetensors", "head.json")
+PROJECTION_FILE = re.compile(r"projection-\d{1,18}\.(safetensors|json)")
 _SQLITE_FILES = (DB, DB + "-wal", DB + "-shm", DB + "-journal")
 # What a folder without a manifest may hold and still be taken for an index: what a first run
 # interrupted before it wrote the manifest leaves behind.
@@ -241,7 +255,8 @@ _FIRST_RUN = {LOCK, *_SQLITE_FILES, *HEAD_FILES, *(f".{n}.tmp" for n in (MANIFES
 def is_own_name(name: str) -> bool:
     """Whether imgembed writes a file of this name in an index folder."""
     return (name in (MANIFEST, LOCK, *_SQLITE_FILES, *HEAD_FILES) or name.endswith(".tmp")
-            or name.startswith("vectors.") and name.endswith(".faiss"))
+            or name.startswith("vectors.") and name.endswith(".faiss")
+            or PROJECTION_FILE.fullmatch(name) is not None)
 
 
 def check_entries(index_dir: Path) -> None:
@@ -395,6 +410,11 @@ def read_meta(con: sqlite3.Connection, key: str) -> str:
 
 def faiss_name(gen: int) -> str:
     return f"vectors.{gen}.faiss"
+
+
+def projection_names(gen: int) -> tuple[str, str]:
+    """The head files of the projection published in generation ``gen``."""
+    return f"projection-{gen}.safetensors", f"projection-{gen}.json"
 
 
 def visible(gen_param: str = "?") -> str:

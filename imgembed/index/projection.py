@@ -16,6 +16,8 @@ Measured on two dev sets and their union (README, "Label-free head"), with the c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from imgembed.index.augment import DBA_ALPHA, augment, exact_search, unit
@@ -117,3 +119,68 @@ def consistency(held: np.ndarray, fitted: np.ndarray, k: int = CONSISTENCY_K) ->
     np.put_along_axis(member, nbrs, True, axis=1)
     second = own[nbrs].reshape(len(held), k * k)  # (H, k * k) the neighbours' neighbours
     return float(member[np.arange(len(held))[:, None], second].mean())
+
+
+class Fit(NamedTuple):
+    mean: np.ndarray  # (D,)
+    weight: np.ndarray  # (dim, D)
+    method: str  # "distil" or "pca"
+    pca_score: float  # held-out neighbourhood consistency of PCA
+    distil_score: float  # and of the distilled map
+
+
+def fit_label_free(feats: np.ndarray, held: np.ndarray, dim: int, refit: np.ndarray | None = None,
+                   seed: int = 0) -> Fit:
+    """The label-free projection of ``feats (N, D)`` to ``dim``: the distilled map when it beats PCA
+    by :data:`KEEP_MARGIN` in held-out neighbourhood consistency (``held (H, D)`` are photos of the
+    same collection left out of the fit), else PCA. With ``refit`` the chosen method is fitted
+    again on those features (e.g. ``feats`` and ``held`` together)."""
+    basis = pca_basis(feats, dim, seed=seed)
+    mean, comps, _ = basis
+    pca = consistency(apply(held, mean, comps), apply(feats, mean, comps))
+    mean, weight = distil(feats, dim, basis=basis)
+    score = consistency(apply(held, mean, weight), apply(feats, mean, weight))
+    kept = score > pca + KEEP_MARGIN
+    if refit is not None:
+        basis = pca_basis(refit, dim, seed=seed)
+        mean, comps, _ = basis
+        if kept:
+            mean, weight = distil(refit, dim, basis=basis)
+    return Fit(mean, weight if kept else comps.astype(np.float32), "distil" if kept else "pca", pca, score)
+
+
+# -- the projection an index fits on its own photos (IndexCfg.projection == "auto")
+
+# Fitted once a collection holds this many distinct photos; below it the index keeps raw features.
+# Measured (128-d mAP, fitted on a random part of the gallery): clothing-small raw 47.6, fitted on
+# 150 photos PCA 54.5 / distilled 55.7, on 500 54.1 / 57.7, on 1,000 53.9 / 56.8; trashnet raw 36.1,
+# 150: 38.3 / 39.3, 500: 38.0 / 40.1, 1,000: 37.8 / 40.1.
+AUTO_MIN = 1000
+AUTO_DIM = 128  # and only for features wider than this
+# Photos the fit uses at most (a random sample); the rest are only projected. The neighbourhoods
+# of distillation cost the square of this.
+AUTO_FIT_MAX = 10_000
+AUTO_HELD_SHARE = 0.1  # of the sample, left out to judge distillation against PCA
+REFIT_GROWTH = 4  # fitted again when the collection has grown this many times past its fit
+
+
+def auto_due(contents: int, raw_dim: int, record: dict | None) -> bool:
+    """Whether an index of ``contents`` distinct photos with ``raw_dim`` features should fit its
+    projection now (``record``: the one it has, or None)."""
+    if raw_dim <= AUTO_DIM or contents < AUTO_MIN:
+        return False
+    if record is None:
+        return True
+    fitted = int(record["fitted_on"])
+    return fitted < AUTO_FIT_MAX and contents >= REFIT_GROWTH * fitted
+
+
+def auto_fit(raw: np.ndarray, seed: int = 0) -> tuple[Fit, int]:
+    """Fit the index's projection on a sample of its raw features ``(N, D)``; ``(fit, photos used)``."""
+    rng = np.random.default_rng(seed)
+    sample = raw[np.sort(rng.choice(len(raw), AUTO_FIT_MAX, replace=False))] if len(raw) > AUTO_FIT_MAX else raw
+    sample = np.asarray(sample, np.float32)
+    order = rng.permutation(len(sample))
+    n_held = max(1, int(AUTO_HELD_SHARE * len(sample)))
+    fit = fit_label_free(sample[order[n_held:]], sample[order[:n_held]], AUTO_DIM, refit=sample, seed=seed)
+    return fit, len(sample)

@@ -32,6 +32,7 @@ from imgembed.index.format import (
     select_in,
     visible,
 )
+from imgembed.index.reproject import recorded_state, state_of
 
 # Filtered subsets kept per snapshot (each a bitmap of max id / 8 bytes plus its ids).
 _SUBSETS_KEPT = 8
@@ -115,9 +116,18 @@ class Snapshot:
             if not path.exists():
                 return False
             raise StoreError(f"cannot read {path} ({e}); run imgembed verify --repair") from e
-        if index.d != self.manifest["dim"]:
-            raise StoreError(f"{path} holds {index.d}-d vectors but the manifest says {self.manifest['dim']}; "
+        manifest = self.manifest
+        state = recorded_state(self.con)  # the space of the vectors, as the generation was published
+        if state is not None and state != state_of(manifest):  # the index's projection changed
+            manifest = read_manifest(self.dir)
+            if state != state_of(manifest):  # the writer has not rewritten the manifest yet
+                manifest.update(state)
+        if index.d != manifest["dim"]:
+            raise StoreError(f"{path} holds {index.d}-d vectors but the manifest says {manifest['dim']}; "
                              "run imgembed verify --repair")
+        if manifest is not self.manifest:
+            self.manifest = manifest
+            self._subsets.clear()
         self.generation, self.index = gen, index
         self.index_type = read_meta(self.con, "index_type")
         return True
@@ -163,7 +173,8 @@ class Snapshot:
         dim = self.manifest["dim"]
         rows = select_in(self.con, "SELECT f.id, v.vec FROM files f JOIN vectors v ON v.hash=f.hash "
                                    "WHERE f.id IN ({marks})", (int(i) for i in ids))
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32).reshape(dim) for r in rows}
+        # (a vector of another size is one a writer has just projected anew: not this generation's)
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32).reshape(dim) for r in rows if len(r[1]) == 4 * dim}
 
     def vectors_array(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -23,9 +23,9 @@ import faiss
 import numpy as np
 
 from imgembed.atomic import atomic_write_bytes, create_new, fsync_dir
-from imgembed.config import DBA_MODES, IndexCfg, check_choice, from_dict
-from imgembed.identity import IDENTITY_KEYS, check_identity
-from imgembed.index import dba, faiss_index, roots, scratch
+from imgembed.config import DBA_MODES, PROJECTION_MODES, IndexCfg, check_choice, from_dict
+from imgembed.identity import IDENTITY_KEYS, check_identity, raw_identity
+from imgembed.index import dba, faiss_index, reproject, roots, scratch
 from imgembed.index.augment import NO_KTH
 from imgembed.index.format import (
     DB,
@@ -52,9 +52,9 @@ from imgembed.index.format import (
 
 logger = logging.getLogger(__name__)
 
-# Stored vectors, plain vectors and copy-detection data that no live entry uses any more.
+# Stored vectors, plain vectors, raw features and copy-detection data that no live entry uses any more.
 _PURGE_ORPHANS = tuple(f"DELETE FROM {table} WHERE hash NOT IN (SELECT hash FROM files WHERE removed_gen IS NULL)"
-                       for table in ("vectors", "plain", "copy_data"))
+                       for table in ("vectors", "plain", "raw", "copy_data"))
 
 
 def _purge_orphans(con: sqlite3.Connection) -> int:
@@ -75,10 +75,12 @@ class PublishStats:
     total: int
     rebuilt: bool
     calibration: faiss_index.Calibration | None = None  # when IVF lists were trained afresh
+    projection: str = ""  # what became of the index's own projection in this publish, if anything
 
     def describe(self) -> str:
         out = f"index type {self.index_type}, generation {self.generation}"
-        return out + (f"; {self.calibration.describe()}" if self.calibration else "")
+        out += f"; {self.calibration.describe()}" if self.calibration else ""
+        return out + (f"; {self.projection}" if self.projection else "")
 
 
 @contextmanager
@@ -151,13 +153,15 @@ class StoreWriter:
                 explicit["index_type"] = index_cfg.index_type
             if index_cfg.dba and index_cfg.dba != self.index_cfg.dba:
                 explicit["dba"] = check_choice("DBA mode", index_cfg.dba, DBA_MODES)
+            if index_cfg.projection and index_cfg.projection != self.index_cfg.projection:
+                explicit["projection"] = check_choice("projection", index_cfg.projection, PROJECTION_MODES)
             if explicit:
                 for key, value in explicit.items():
                     setattr(self.index_cfg, key, value)
                 self.manifest["index_cfg"] = asdict(self.index_cfg)
                 self._write_manifest(self.manifest)
             self.dba_on = self.index_cfg.dba == "on"
-            self.dim = int(self.manifest["dim"])
+            self._open_projection()
         except BaseException:
             self.close()
             raise
@@ -199,12 +203,26 @@ class StoreWriter:
             "format_version": FORMAT_VERSION,
             "created_at": time.time(),
             "metric": "cosine",
-            "index_cfg": {**asdict(index_cfg), "dba": check_choice("DBA mode", index_cfg.dba or "off", DBA_MODES)},
+            "index_cfg": {**asdict(index_cfg), "dba": check_choice("DBA mode", index_cfg.dba or "off", DBA_MODES),
+                          "projection": check_choice("projection", index_cfg.projection or "off", PROJECTION_MODES)},
             "head": "head.safetensors" if head_files else None,
             **{k: identity[k] for k in IDENTITY_KEYS},
         }
         self._write_manifest(manifest)
         return manifest
+
+    def _open_projection(self) -> None:
+        """The space of the stored vectors: the manifest's, or the database's when a publish that
+        changed the projection ended before it rewrote the manifest."""
+        state = reproject.recorded_state(self.con)
+        if state is not None and state != reproject.state_of(self.manifest):
+            self.manifest.update(state)
+            self._write_manifest(self.manifest)
+        self.dim = int(self.manifest["dim"])
+        self.projection = self.manifest.get("projection")
+        self.raw_dim = int(raw_identity(self.manifest)["dim"])
+        # (turning it off needs only the raw features: a projection file that cannot be read is no obstacle)
+        self._proj = reproject.load(self.dir, self.manifest) if self.index_cfg.projection != "off" else None
 
     def _write_manifest(self, manifest: dict) -> None:
         try:
@@ -324,15 +342,20 @@ class StoreWriter:
                                  [(size, mtime, i) for i, size, mtime in entries])
 
     def add(self, root_id: int, files: list[NewFile], vectors: np.ndarray | None = None) -> None:
-        """Record files; ``vectors (n, dim)`` for those whose hash has none yet (None: all known)."""
+        """Record files; ``vectors (n, raw_dim)`` (the model's) for those whose hash has none yet
+        (None: all known). An index that projects its features stores them and their projection."""
         now = time.time()
         with self._tx():
             if vectors is not None:
-                if vectors.shape != (len(files), self.dim):
-                    raise ValueError(f"expected vectors of shape {(len(files), self.dim)}, got {vectors.shape}")
+                if vectors.shape != (len(files), self.raw_dim):
+                    raise ValueError(f"expected vectors of shape {(len(files), self.raw_dim)}, got {vectors.shape}")
                 if not np.isfinite(vectors).all():  # NaN would make every search come back empty
                     raise StoreError(f"refusing {int((~np.isfinite(vectors).all(axis=1)).sum())} vectors that are "
                                      "not finite (NaN or infinity): the model or its head is broken")
+                if self.projection is not None:  # (with the projection being turned off: the raw features)
+                    raw, vectors = reproject.project(vectors, self._proj)
+                    self.con.executemany("INSERT OR IGNORE INTO raw(hash, vec) VALUES (?, ?)",
+                                         [(f.hash, r.tobytes()) for f, r in zip(files, raw)])
                 rows = [(f.hash, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for f, v in zip(files, vectors)]
                 self.con.executemany("INSERT OR IGNORE INTO vectors(hash, vec) VALUES (?, ?)", rows)
                 if self.dba_on:  # augmented at publish (imgembed.index.dba)
@@ -471,18 +494,61 @@ class StoreWriter:
         """Make everything recorded since the last publish searchable, atomically.
 
         ``rebuild`` builds the FAISS index afresh from the vectors in SQLite (verify --repair).
+        When the index's own projection is due (:mod:`imgembed.index.reproject`), it is fitted and
+        published as a generation of its own first.
         """
+        stats = self._publish_projection()
+        if stats is not None and not self.dba_on:
+            return stats
         removed, added = self._pending()
         with _writing(self.dir / DB):
             changes, dba_off = dba.prepare(self.con, self._tx, self.dba_on, self.published, self.gen, self.dim)
         self._overlay = {h: np.ascontiguousarray(v, np.float32).tobytes() for h, (v, _) in changes.items()}
         try:
-            return self._publish(rebuild or dba_off, removed, added, changes, dba_off)
+            later = self._publish(rebuild or dba_off, removed, added, changes, dba_off)
         finally:
             self._overlay = {}
+        if stats is None:
+            return later
+        return replace(stats, generation=later.generation, index_type=later.index_type)
+
+    def _publish_projection(self) -> PublishStats | None:
+        """Fit, refit or drop the index's own projection when due, as a generation of its own."""
+        mode = self.index_cfg.projection or "off"
+        with _writing(self.dir / DB):
+            live = reproject.due(self.con, self.gen, mode, self.raw_dim, self.projection)
+            if live is None:
+                return None
+            plan = reproject.plan(self.con, self._tx, self.gen, mode, live, raw_identity(self.manifest),
+                                  self.projection)
+        old_files = [n for n in (self.manifest.get("head"), ) if n and self.projection]
+        old_files += [n.replace(".safetensors", ".json") for n in old_files]
+        self._record(*plan.files)
+        for name, data in plan.files.items():
+            self._write_file(self.dir / name, data)
+        self._overlay, self.dim = plan.vectors, int(plan.state["dim"])
+        removed, added = self._pending()
+        try:
+            stats = self._publish(True, removed, added, {}, False, plan, old_files)
+        finally:
+            self._overlay = {}
+        self.manifest.update(plan.state)
+        self._write_manifest(self.manifest)
+        for name in old_files:
+            (self.dir / name).unlink(missing_ok=True)
+        self._forget(*old_files)
+        self.projection, self._proj = plan.state["projection"], reproject.load(self.dir, plan.state)
+        self.raw_dim = int(raw_identity(self.manifest)["dim"])
+        p = self.projection
+        method = "distilled" if p and p["method"] == "distil" else "PCA"
+        what = (f"projection {method} {self.raw_dim} -> {p['dim']} fitted on {p['fitted_on']:,} photos "
+                "(--projection off keeps the model's features)" if p else
+                f"projection off: back to the model's {self.raw_dim}-d features")
+        return replace(stats, projection=what)
 
     def _publish(self, rebuild: bool, removed: np.ndarray, added: np.ndarray,
-                 changes: dict[str, tuple[np.ndarray, float]], dba_off: bool) -> PublishStats:
+                 changes: dict[str, tuple[np.ndarray, float]], dba_off: bool,
+                 plan: reproject.Plan | None = None, old_files: list[str] = ()) -> PublishStats:
         # entries whose vector DBA changed are replaced in the FAISS index like removed + added ones
         moved = np.array([r[0] for r in select_in(
             self.con, f"SELECT id FROM files WHERE hash IN ({{marks}}) AND added_gen < {self.gen} "
@@ -526,13 +592,18 @@ class StoreWriter:
         with self._tx():
             self.con.execute("UPDATE meta SET value=? WHERE key='generation'", (str(self.gen),))
             self.con.execute("UPDATE meta SET value=? WHERE key='index_type'", (kind,))
-            if changes:
+            if self._overlay:
                 self.con.executemany("UPDATE vectors SET vec=? WHERE hash=?",
-                                     [(self._overlay[h], h) for h in changes])
+                                     [(v, h) for h, v in self._overlay.items()])
+            if changes:
                 self.con.executemany("UPDATE plain SET kth=? WHERE hash=?", [(t, h) for h, (_, t) in changes.items()])
             if dba_off:
                 self.con.execute("DELETE FROM plain")
             self.con.execute("UPDATE meta SET value=? WHERE key='dba'", ("1" if self.dba_on else "",))
+            if plan is not None:  # the projection's files become part of the index; the old ones leave
+                reproject.commit(self.con, plan)
+                self.con.executemany("DELETE FROM scratch WHERE name=?", [(n,) for n in plan.files])
+                self.con.executemany("INSERT OR IGNORE INTO scratch(name) VALUES (?)", [(n,) for n in old_files])
             self.con.execute("DELETE FROM scratch WHERE name IN (?, ?)", (new_path.name, tmp_name))
             if self.published:  # the file readers leave now: deleted below, or by the next writer
                 self.con.execute("INSERT OR IGNORE INTO scratch(name) VALUES (?)", (old_path.name,))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import threading
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -140,16 +142,34 @@ def _loader(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
     )
 
 
-def _worker_died(e: RuntimeError) -> bool:
-    """DataLoader's error for a worker process that died (the OOM killer's SIGKILL, a crash)."""
-    return str(e).startswith("DataLoader worker")
+def _report_dead_workers_in_order() -> None:
+    """Let a dead worker be reported by the loader's own next batch, not by torch's SIGCHLD handler.
+
+    That handler raises wherever the main thread is when any child process ends, also in the
+    code that consumes the batches (writing to the index, closing it), where :func:`_decoded`
+    cannot take it. Without it the loader notices the dead worker itself, within
+    ``MP_STATUS_CHECK_INTERVAL`` (5 s), and raises from ``next()``. Torch installs the handler once,
+    with its first loader, in the main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        return
+    handler = signal.getsignal(signal.SIGCHLD)
+    if getattr(handler, "__module__", "").startswith("torch.utils.data"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _worker_died(e: Exception) -> bool:
+    """DataLoader's error for a worker process that died (the OOM killer's SIGKILL, a crash), or the
+    connection to it reset while its batch was being handed over."""
+    return isinstance(e, (ConnectionError, EOFError)) or str(e).startswith("DataLoader worker")
 
 
 def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int,
              workers: int, pin_memory: bool, gpu: bool) -> Iterator[Any]:
     """The loader's batches of ``items`` in order, surviving decode workers that die.
 
-    A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise. The files from the
+    A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise (or the batch it
+    was handing over arrive as a reset connection). The files from the
     first batch not yet delivered are tried again with fresh workers; if the workers die again at the
     same place, the files that were in flight are decoded one at a time by a single worker, so that
     the file that kills it is found, reported as a failure and skipped, and the rest are kept.
@@ -161,10 +181,12 @@ def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg
         loader = _loader(items[start:alone_until] if alone else items[start:], pre, cfg, size,
                          1 if alone else workers, pin_memory, gpu, prefetch=1 if alone else PREFETCH)
         try:
-            for batch in loader:
+            batches = iter(loader)
+            _report_dead_workers_in_order()
+            for batch in batches:
                 yield batch
                 start = min(len(items), start + size)
-        except RuntimeError as e:
+        except (RuntimeError, ConnectionError, EOFError) as e:
             if not workers or not _worker_died(e):
                 raise
             if alone:  # one worker, one file in flight: this file killed it

@@ -15,7 +15,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from struct import error as struct_error
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
 import pillow_heif
@@ -27,6 +27,9 @@ from imgembed.ingest import pixels
 from imgembed.ingest.metadata import PhotoMeta, photo_meta
 from imgembed.ingest.pixels import to_rgb  # noqa: F401  (part of this module's interface)
 from imgembed.ingest.preprocess import Preprocess
+
+if TYPE_CHECKING:  # imported where a tensor is made: reading headers and metadata needs no torch
+    import torch
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 

@@ -157,19 +157,11 @@ def _label_free(d: _Data, cfg: TrainCfg, ident: dict, t0: float,
     """Neighbourhood distillation, kept only if it beats PCA by held-out neighbourhood consistency."""
     if cfg.hidden:
         raise ValueError("--hidden applies to supervised heads; the label-free head is linear")
-    basis = pca_basis(d.x, cfg.dim, seed=cfg.seed)
-    mean, comps, _ = basis
-    pca = projection.consistency(projection.apply(d.xv, mean, comps), projection.apply(d.x, mean, comps))
-    mean, weight = projection.distil(d.x, cfg.dim, basis=basis)
-    score = projection.consistency(projection.apply(d.xv, mean, weight), projection.apply(d.x, mean, weight))
-    kept = score > pca + projection.KEEP_MARGIN
-    if d.refit is not None:  # the held-out photos came from the training folder: fit the kept map on all
-        basis = pca_basis(d.refit, cfg.dim, seed=cfg.seed)
-        mean, comps, _ = basis
-        if kept:
-            mean, weight = projection.distil(d.refit, cfg.dim, basis=basis)
-    head = linear_head(mean, weight if kept else comps, **ident)
-    history = [{"epoch": 0, "loss": None, "val": pca}, {"epoch": 1, "loss": None, "val": score}]
+    # the held-out photos came from the training folder (d.refit): the kept map is fitted on all
+    fit = projection.fit_label_free(d.x, d.xv, cfg.dim, refit=d.refit, seed=cfg.seed)
+    kept = fit.method == "distil"
+    head = linear_head(fit.mean, fit.weight, **ident)
+    history = [{"epoch": 0, "loss": None, "val": fit.pca_score}, {"epoch": 1, "loss": None, "val": fit.distil_score}]
     for rec in history if progress else ():
         progress(rec)
     n_fit = len(d.refit) if d.refit is not None else len(d.x)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgembed.config import BackboneCfg
-from imgembed.identity import IDENTITY_KEYS, check_identity
+from imgembed.identity import IDENTITY_KEYS, check_identity, raw_identity
 
 if TYPE_CHECKING:  # built only when something is embedded: a job that embeds nothing imports no torch
     from imgembed.model.embedder import Embedder
@@ -30,7 +30,7 @@ class EmbedderSource:
         self._recorded = recorded
         self._embedder = embedder
         if embedder is None and recorded is not None and same_by_name(recorded, cfg, head):
-            self.identity = {k: recorded.get(k) for k in IDENTITY_KEYS}
+            self.identity = {k: raw_identity(recorded).get(k) for k in IDENTITY_KEYS}
         else:  # a new index, or another embedder: build it now (and let the identity check speak)
             self.identity = self.get().identity()
 
@@ -53,8 +53,10 @@ def same_by_name(recorded: dict, cfg: BackboneCfg, head: str | None) -> bool:
     """Whether ``cfg`` and ``head`` name the embedder of ``recorded``, judged without building it.
 
     Backbone spec, pooling and head fingerprint are compared; the weights' fingerprint is checked
-    against the real model as soon as anything has to be embedded.
+    against the real model as soon as anything has to be embedded. An index that projects its
+    features itself is named by its backbone without a head.
     """
+    recorded = raw_identity(recorded)
     if recorded.get("backbone") != cfg.name:
         return False
     if recorded.get("pool") is not None and recorded.get("pool") != cfg.pool:

@@ -11,7 +11,7 @@ import numpy as np
 
 from imgembed.config import ReaderCfg, query_reader_cfg
 from imgembed.identity import check_identity
-from imgembed.index import faiss_index, filtered_search
+from imgembed.index import faiss_index, filtered_search, reproject
 from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
@@ -82,6 +82,7 @@ class IndexInfo:
     metric: str
     nprobe: int | None = None  # IVF lists probed per query (calibrated when the lists were trained)
     dba: str = "off"  # database-side augmentation of the stored vectors (imgembed.index.dba)
+    projection: str = "off"  # the projection fitted on the collection (imgembed.index.reproject)
 
 
 class Searcher:
@@ -93,14 +94,20 @@ class Searcher:
         self.snapshot = Snapshot(self.dir, mmap=mmap)
         self.reader_cfg = reader_cfg or query_reader_cfg()  # query images: the lower pixel limit
         self._embedder = embedder
+        self._own = embedder is None  # built here from the manifest (and rebuilt when it changes)
+        self._built_for: str | None = None
         self._device = device
         if embedder is not None:
             check_identity(self.snapshot.manifest, embedder.identity(), self.dir)
 
     @property
     def embedder(self) -> Embedder:
+        m = self.snapshot.manifest
+        if self._own and self._embedder is not None and self._built_for != m.get("head_fingerprint"):
+            self._embedder = None  # the index fitted its projection anew (imgembed.index.reproject)
         if self._embedder is None:  # loaded lazily: info and vector search need no model
-            self._embedder = embedder_for(self.snapshot.manifest, self.dir, self._device)
+            self._embedder = embedder_for(m, self.dir, self._device)
+            self._built_for = m.get("head_fingerprint")
         return self._embedder
 
     def warm_up(self) -> None:
@@ -116,7 +123,8 @@ class Searcher:
         m = self.snapshot.manifest
         return IndexInfo(str(self.dir), self.snapshot.count, m["dim"], m["backbone"], m.get("head_fingerprint"),
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
-                         faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off")
+                         faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off",
+                         reproject.describe(m))
 
     def require_photos(self) -> None:
         """Raise StoreError when the index holds no photo: every search would come back empty."""
