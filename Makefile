@@ -23,7 +23,7 @@ demo: venv
 	$(BIN)/imgembed index $(DEMO_COPIES) --index $(DEMO_INDEX)
 	$(BIN)/imgembed duplicates --index $(DEMO_INDEX)
 	$(BIN)/imgembed search $(DEMO_QUERY) --index $(DEMO_INDEX) -k 5
-	IMGEMBED_INDEX=$(DEMO_INDEX) $(BIN)/streamlit run app.py
+	$(BIN)/python scripts/run_app.py --index $(DEMO_INDEX)  # prints the app's address (8502... when 8501 is busy)
 
 test: venv browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -312,7 +312,7 @@ def cmd_index(a: argparse.Namespace) -> int:
     finally:
         close()
     _print_summary(summary)
-    return 0
+    return 0 if summary.ok else 1
 
 
 def cmd_search(a: argparse.Namespace) -> int:
@@ -325,6 +325,10 @@ def cmd_search(a: argparse.Namespace) -> int:
     if not queries:
         raise ValueError(f"no query images in {', '.join(a.query) or a.from_list}")
     ix = open_index(a.index, device=a.device, mmap=a.mmap)
+    ix.searcher.require_photos()
+    if not a.text and a.from_list is None and len(a.query) == 1 and not os.path.lexists(a.query[0]):
+        raise FileNotFoundError(f"{a.query[0]}: no such file; to search by a description, add --text "
+                                "(it needs an index built with a CLIP backbone, open_clip:...)")
     filters = _filters(a)
     grouped = len(queries) > 1 or a.from_list is not None or not a.text and any(os.path.isdir(q) for q in a.query)
     if len(queries) == 1 and not grouped:  # one query: any kind the Python API takes (text, image file)
@@ -628,7 +632,8 @@ def cmd_index_ray(a: argparse.Namespace) -> int:
     update, close = _tqdm_progress(show_progress(a))
     try:
         summary = embed_to_shards(a.folder, a.shards_out, _job_cfg(a),
-                                  RayCfg(address=a.ray_address, shard_size=a.shard_size), progress=update)
+                                  RayCfg(address=a.ray_address, shard_size=a.shard_size, quiet=not a.verbose),
+                                  progress=update)
     except JobFailed as e:
         say(f"error: {e}", err=True)
         return 1

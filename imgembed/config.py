@@ -37,6 +37,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IMGEMBED_CACHE_DIR") or Path.home() / ".cache" / "imgembed")
 
 
+def settings_path() -> Path:
+    """Where the app keeps its settings (the open index, recent ones): ``$IMGEMBED_SETTINGS``, else
+    ``$XDG_CONFIG_HOME/imgembed/app.json`` (``~/.config`` when that is unset)."""
+    if os.environ.get("IMGEMBED_SETTINGS"):
+        return Path(os.environ["IMGEMBED_SETTINGS"])
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "imgembed" / "app.json"
+
+
 def check_device(name: str) -> str:
     """``name`` when it is one of :data:`DEVICES` or ``cuda:N``; otherwise ValueError."""
     family, _, number = name.partition(":")
@@ -64,8 +73,8 @@ IMAGE_FORMATS = {
 # Query images (an upload in the app, `imgembed search FILE`) may declare at most this many pixels:
 # fewer than for indexing, since several users of the app may decode at once (README, "Bad input").
 QUERY_MAX_PIXELS = 50_000_000
-# The largest upload the app and the HTTP API accept (the app's browser limit is
-# server.maxUploadSize in .streamlit/config.toml, in MB).
+# The largest upload the app and the HTTP API accept, in MB (the app checks it itself and says why;
+# server.maxUploadSize in .streamlit/config.toml is set higher so the page, not the browser, answers).
 MAX_UPLOAD_MB = 25
 
 

@@ -4,6 +4,12 @@ Unchanged files (same size and mtime) cost one ``stat``. New or changed files ar
 when the index already holds vectors, so renamed and copied photos reuse them; only content the
 index has never seen is decoded and embedded. The model is built only when something needs
 embedding, so re-indexing an unchanged folder costs the scan and nothing more.
+
+Every image found falls in exactly one class of the summary (:class:`IndexSummary`): new, changed
+(same path, other content), renamed or moved (a path the index did not have, content of an entry
+whose file is gone), copied (content the index still has at another path), unchanged (same path
+and content: a ``touch`` only updates the recorded mtime) or skipped; deleted counts the entries
+whose file is gone and whose content went nowhere.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,8 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from imgembed.config import IndexJobCfg, resolve_workers
-from imgembed.index.format import MANIFEST, NewFile, read_manifest
+from imgembed.config import IMAGE_FORMATS, IndexJobCfg, resolve_workers
+from imgembed.index.format import MANIFEST, LiveFile, NewFile, read_manifest
 from imgembed.index.store import PublishStats, StoreWriter
 from imgembed.ingest import fs
 from imgembed.ingest.copy_data import VERSION as COPY_DATA_VERSION
@@ -40,16 +47,23 @@ NON_FINITE = "the model gave a vector that is not finite (NaN or infinity); chec
 Progress = Callable[[str, int, int], None]
 
 
+class NothingToIndex(ValueError):
+    """The folder holds no image at all: nothing was changed (its entries, if any, are kept)."""
+
+
 @dataclass
 class IndexSummary:
     root: str
-    scanned: int = 0
-    indexed: int = 0  # decoded and embedded in this run
-    reused: int = 0  # new paths whose content the index already had (renames, copies)
-    unchanged: int = 0
-    removed: int = 0  # deleted or changed files whose old entry was dropped
+    scanned: int = 0  # image files found (the scan's skips are in ``skipped``)
+    new: int = 0  # paths the index did not have, with content it did not have
+    changed: int = 0  # paths the index had, with other content now
+    renamed: int = 0  # paths the index did not have, with the content of an entry whose file is gone
+    copied: int = 0  # paths the index did not have, with content it still has at another path
+    unchanged: int = 0  # same path, same content (a touched file included)
+    deleted: int = 0  # entries whose file is gone and whose content no new path took
     metadata: int = 0  # photos indexed before metadata was recorded whose metadata was read now
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    indexed: int = 0  # decoded and embedded in this run (new content)
     unread: str | None = None  # what the folder holds besides images (fs.ScanResult.unread_line)
     taken_in: list[tuple[str, int]] = field(default_factory=list)  # (folder inside the root indexed before, entries)
     moved: list[tuple[str, int]] = field(default_factory=list)  # (vanished folder, entries whose photos are here)
@@ -64,17 +78,34 @@ class IndexSummary:
     def images_per_second(self) -> float:
         return self.indexed / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
+    @property
+    def found(self) -> int:
+        """Image files in the folder: the classes of the summary add up to this."""
+        return self.new + self.changed + self.renamed + self.copied + self.unchanged + len(self.skipped)
+
+    @property
+    def ok(self) -> bool:
+        """False when the folder's images were found but none of them could be read."""
+        return not self.found or len(self.skipped) < self.found
+
     def lines(self) -> list[str]:
+        classes = [(self.new, "new"), (self.changed, "changed"), (self.renamed, "renamed or moved"),
+                   (self.copied, "copied"), (self.unchanged, "unchanged"), (len(self.skipped), "skipped")]
+        parts = ", ".join(f"{n} {what}" for n, what in classes if n) or "none"
+        gone = f"; {self.deleted} deleted" if self.deleted else ""
         out = [
-            f"indexed {self.indexed}, reused {self.reused} (renamed/copied), unchanged {self.unchanged}, "
-            f"removed {self.removed}, skipped {len(self.skipped)}; {self.total} images in the index",
+            f"found {self.found} image{'s' if self.found != 1 else ''}: {parts}{gone}; "
+            f"{self.total} images in the index",
+            *([] if self.ok else [f"none of the {self.found} images could be read (reasons above); imgembed reads "
+                                  f"{', '.join(IMAGE_FORMATS)}"]),
             *([self.unread] if self.unread else []),
             *(f"took in the {n} entries of {path}, indexed before as a folder of its own (none embedded again)"
               for path, n in self.taken_in),
             *(f"dropped {n} entries of {path}: that folder is gone and the same photos are in this one"
               for path, n in self.moved),
-            f"{self.seconds:.1f} s in all, {self.images_per_second:.1f} images/s embedding"
-            + (" (model compiled with torch.compile, once: --compile off skips it)" if self.compiled else ""),
+            (f"embedded {self.indexed} in {self.embed_seconds:.1f} s ({self.images_per_second:.1f} images/s"
+             + ("; model compiled with torch.compile, once: --compile off skips it" if self.compiled else "")
+             + f"), {self.seconds:.1f} s in all") if self.indexed else f"nothing to embed, {self.seconds:.1f} s in all",
         ]
         if self.copy_data:
             out.append(f"copy-detection data for {self.copy_data} photos (imgembed duplicates)")
@@ -84,6 +115,24 @@ class IndexSummary:
         if self.publish is not None:
             out.append(self.publish.describe())
         return out
+
+
+class _Plan:
+    """What one run found out about the files that need more than a ``stat``."""
+
+    def __init__(self, live: dict[bytes, LiveFile], on_disk: set[bytes]) -> None:
+        self.live = live
+        self.gone = {rel: v for rel, v in live.items() if rel not in on_disk}
+        self.gone_hashes = Counter(v.hash for v in self.gone.values())  # content a new path may take over
+        self.changed: set[bytes] = set()  # paths the index had whose content is new now
+        self.copied_hashes: Counter = Counter()  # content of the files counted as copied
+
+    def claim(self, digest: str) -> bool:
+        """A new path holds ``digest``: True when it takes over a gone entry's content (a rename)."""
+        if self.gone_hashes[digest] > 0:
+            self.gone_hashes[digest] -= 1
+            return True
+        return False
 
 
 def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
@@ -96,11 +145,26 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         FileNotFoundError / NotADirectoryError: ``root`` is not a folder.
     """
     root = Path(root).resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
     if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
+        raise NotADirectoryError(f"{root} is a file, not a folder; pass the folder that holds your photos")
+    exists = (Path(index_dir) / MANIFEST).is_file()
+    recorded = read_manifest(index_dir) if exists else None
+    if recorded is None or recorded.get("backbone") != cfg.backbone.name:  # a typo is reported before the scan
+        from imgembed.model.backbones import check_name  # (imports torch: not for an index's own backbone)
+
+        check_name(cfg.backbone.name)
     t0 = time.perf_counter()
     summary = IndexSummary(str(root))
-    recorded = read_manifest(index_dir) if (Path(index_dir) / MANIFEST).is_file() else None
+    scan = fs.scan(root, cfg.reader)  # before the index is opened: a folder with no images changes nothing
+    if not scan.files and not scan.skipped:
+        unread = scan.unread_line()
+        raise NothingToIndex(
+            f"no images found in {root}; imgembed reads {', '.join(cfg.reader.extensions)}"
+            + (f" ({unread})" if unread else "")
+            + ("; the index is unchanged (it keeps the entries of a folder that is empty or not mounted: "
+               "imgembed verify --repair --drop-missing drops the entries of files that are gone)" if exists else ""))
     source = EmbedderSource(cfg.backbone, cfg.head, index_dir, recorded, embedder)
     if cfg.head:
         from imgembed.model.head import head_paths
@@ -114,45 +178,53 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
             source.get()
         root_id = store.root_id(root)  # refused when inside a folder the index holds
         summary.taken_in = [(fs.display(p), n) for p, n in store.take_in_roots_below(root_id)]
-        scan = fs.scan(root, cfg.reader)
         summary.scanned = len(scan.files)
         summary.skipped += [(fs.display(p), why) for p, why in scan.skipped]
         summary.unread = scan.unread_line()
-        todo = _drop_changed(store, root_id, scan.files, summary)
-        _fill_metadata(store, root, root_id, cfg, summary, progress)
+        plan = _Plan(store.live_files(root_id), {f.relpath for f in scan.files})
+        todo = _stat_unchanged(scan.files, plan, summary)
         if todo and store.has_vectors():
-            todo = _reuse_by_hash(store, root, root_id, todo, cfg, summary, progress)
+            todo = _reuse_by_hash(store, root, root_id, todo, plan, cfg, summary, progress)
+        else:
+            plan.changed = {f.relpath for f in todo if f.relpath in plan.live}
+            store.remove(plan.live[rel].id for rel in plan.changed)
+        store.remove(v.id for v in plan.gone.values())
+        _fill_metadata(store, root, root_id, cfg, summary, progress)
         if todo:
-            _embed(store, root, root_id, todo, source.get(), cfg, summary, progress)
+            _embed(store, root, root_id, todo, source.get(), cfg, plan, summary, progress)
         _add_copy_data(store, root, root_id, cfg, summary, progress)
-        summary.moved = [(fs.display(p), n) for p, n in store.drop_moved(root_id)]
+        moved = store.drop_moved(root_id)
+        summary.moved = [(fs.display(p), len(hashes)) for p, hashes in moved]
+        for _, hashes in moved:  # copies of a vanished folder's photos were moves
+            for h in hashes:
+                if plan.copied_hashes[h] > 0:
+                    plan.copied_hashes[h] -= 1
+                    summary.copied -= 1
+                    summary.renamed += 1
+        summary.deleted = sum(plan.gone_hashes.values())
         summary.publish = store.publish()
         summary.total = summary.publish.total
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _drop_changed(store: StoreWriter, root_id: int, files: list[fs.FileEntry],
-                  summary: IndexSummary) -> list[fs.FileEntry]:
-    """Remove the entries of deleted and changed files; return the files that need a vector."""
-    live = store.live_files(root_id)
-    on_disk = {f.relpath for f in files}
+def _stat_unchanged(files: list[fs.FileEntry], plan: _Plan, summary: IndexSummary) -> list[fs.FileEntry]:
+    """Count the files whose size and mtime are the recorded ones; return the others."""
     todo = []
     for f in files:
-        old = live.get(f.relpath)
+        old = plan.live.get(f.relpath)
         if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
             summary.unchanged += 1
         else:
             todo.append(f)
-    changed = {f.relpath for f in todo}
-    store.remove(v.id for rel, v in live.items() if rel not in on_disk or rel in changed)
-    summary.removed = sum(1 for rel in live if rel not in on_disk)
     return todo
 
 
-def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry],
+def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], plan: _Plan,
                    cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> list[fs.FileEntry]:
-    """Record files whose content the index already has; return the ones still to embed."""
+    """Classify the files by their content: touched (unchanged, their new mtime recorded), changed,
+    renamed or copied content the index already has (recorded with its vector); return the files
+    whose content is new, to embed."""
 
     def one(f: fs.FileEntry):
         path = fs.abspath(root, f.relpath)
@@ -162,19 +234,42 @@ def _reuse_by_hash(store: StoreWriter, root: Path, root_id: int, todo: list[fs.F
             return f, None, str(e), None
 
     hashed = []
+    touched = []  # (id, size, mtime_ns)
+    stale = []  # entries of paths whose file is no longer their content, or cannot be read
     with ThreadPoolExecutor(max_workers=4) as pool:
         for n, (f, digest, err, meta) in enumerate(pool.map(one, todo), 1):
+            old = plan.live.get(f.relpath)
             if err:
                 summary.skipped.append((fs.display(f.relpath), err))
+                if old is not None:
+                    stale.append(old.id)
+            elif old is not None and old.hash == digest:  # touched: same content
+                touched.append((old.id, f.size, f.mtime_ns))
+                summary.unchanged += 1
             else:
+                if old is not None:
+                    stale.append(old.id)
+                    plan.changed.add(f.relpath)
                 hashed.append((f, digest, meta))
             if progress:
                 progress("hash", n, len(todo))
+    store.touch(touched)
+    store.remove(stale)
     known = store.known_hashes(d for _, d, _ in hashed)
     dims = store.dims_of(known)
-    reuse = [_new_file(f, d, dims[d], m) for f, d, m in hashed if d in known]
+    reuse = []
+    for f, d, m in hashed:
+        if d not in known:
+            continue
+        reuse.append(_new_file(f, d, dims[d], m))
+        if f.relpath in plan.changed:
+            summary.changed += 1
+        elif plan.claim(d):
+            summary.renamed += 1
+        else:
+            summary.copied += 1
+            plan.copied_hashes[d] += 1
     store.add(root_id, reuse)
-    summary.reused = len(reuse)
     return [f for f, d, _ in hashed if d not in known]
 
 
@@ -210,13 +305,14 @@ def _fill_metadata(store: StoreWriter, root: Path, root_id: int, cfg: IndexJobCf
 
 
 def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry], embedder: Embedder,
-           cfg: IndexJobCfg, summary: IndexSummary, progress: Progress | None) -> None:
+           cfg: IndexJobCfg, plan: _Plan, summary: IndexSummary, progress: Progress | None) -> None:
     from imgembed.model.pipeline import embed_files
 
     by_rel = {f.relpath: f for f in todo}
     items = [(f.relpath, fs.abspath(root, f.relpath)) for f in todo]
     pending: list[NewFile] = []
     vecs = []
+    seen: set[str] = set()  # content embedded in this run: a second file with it is a copy
     done = 0
     t0 = time.perf_counter()
     for batch in embed_files(items, embedder, cfg.reader, cfg.embed):
@@ -232,6 +328,7 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
             for rel, size, digest, meta, ok in zip(batch.keys, batch.sizes, batch.digests, batch.metas, finite):
                 if ok:
                     pending.append(_new_file(by_rel[rel], digest, size, meta))
+                    _count_embedded(rel, digest, plan, summary, seen)
         done += len(batch.keys) + len(batch.failures)
         if len(pending) >= cfg.commit_every:
             _flush(store, root_id, pending, vecs, summary)
@@ -240,6 +337,17 @@ def _embed(store: StoreWriter, root: Path, root_id: int, todo: list[fs.FileEntry
     _flush(store, root_id, pending, vecs, summary)
     summary.embed_seconds = time.perf_counter() - t0
     summary.compiled = embedder.compiled  # false again if compiling failed and it fell back
+
+
+def _count_embedded(rel: bytes, digest: str, plan: _Plan, summary: IndexSummary, seen: set[str]) -> None:
+    if rel in plan.changed:
+        summary.changed += 1
+    elif digest in seen:
+        summary.copied += 1
+        plan.copied_hashes[digest] += 1
+    else:
+        summary.new += 1
+    seen.add(digest)
 
 
 def projection_mode(cfg: IndexJobCfg, recorded: dict | None, source: EmbedderSource) -> str:

@@ -18,6 +18,7 @@ from helpers import write_photos
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGEMBED_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("IMGEMBED_SETTINGS", str(tmp_path_factory.mktemp("settings") / "app.json"))  # the app's
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,7 +20,8 @@ from imgembed.query.search import Searcher
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 HAT = ASSETS / "hat" / "2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg"
-SCORE = re.compile(r"^\*\*(-?\d\.\d{3})\*\* · ([^\n]*?)(?:  \n(.*))?$", re.S)  # score · name, date · camera
+CARD = re.compile(r'^<div class="ie-score">(-?\d\.\d{3})</div><div class="ie-name" title="([^"]*)">([^<]*)</div>'
+                  r'<div class="ie-name" title="([^"]*)">([^<]*)</div>$')
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +49,33 @@ def start(monkeypatch, index: Path | str):
     return at
 
 
-def results(at) -> list[tuple[float, str]]:
-    """(score, shown name) of each result tile, in page order."""
+def cards(at) -> list[dict]:
+    """Each result card's score, name (as shown, and in its hover title) and date line, in page order."""
     out = []
-    for im in at.get("image"):
-        for cap in im.captions:
-            m = SCORE.match(cap)
-            if m:
-                out.append((float(m.group(1)), m.group(2)))
+    for m in at.markdown:
+        c = CARD.match(m.value)
+        if c:
+            assert c.group(2) == c.group(3) and c.group(4) == c.group(5).replace("&nbsp;", "")  # in full on hover
+            out.append({"score": float(c.group(1)), "name": html.unescape(c.group(3)),
+                        "about": html.unescape(c.group(5)).replace("\xa0", "")})
     return out
+
+
+def results(at) -> list[tuple[float, str]]:
+    """(score, name) of each result card, in page order."""
+    return [(c["score"], c["name"]) for c in cards(at)]
+
+
+def query_captions(at) -> list[str]:
+    """The captions of the query's picture (the result cards have none)."""
+    return [c for im in at.get("image") for c in im.captions if c]
+
+
+def uploader(at):
+    """The page's one uploader (a fresh one, under a new key, whenever another query replaces an upload)."""
+    ups = [u for u in at.get("file_uploader") if (u.key or "").startswith("upload-")]
+    assert len(ups) == 1, ups
+    return ups[0]
 
 
 def latency_ms(at) -> float:
@@ -69,7 +90,7 @@ def md(text: str) -> str:
 
 
 def upload(at, name: str, data: bytes, mime: str = "image/jpeg"):
-    at.file_uploader(key="upload").set_value((name, data, mime)).run()
+    uploader(at).set_value((name, data, mime)).run()
     assert not at.exception, at.exception
     return at
 
@@ -89,11 +110,14 @@ def test_upload_shows_neighbours_and_more_like_this(demo, monkeypatch):
     upload(at, "my hat.jpg", HAT.read_bytes())
     hits = results(at)
     assert len(hits) == 10  # default k
-    assert hits[0][1].endswith("2a12baab\\-f020\\-42e3\\-8e6b\\-5d82e3ed0b55\\.jpg") and hits[0][0] > 0.999
     assert [s for s, _ in hits] == sorted((s for s, _ in hits), reverse=True)
-    expected = Searcher(demo).search_image_file(HAT, 10)  # the page shows what the library finds
-    assert [n for _, n in hits] == [md(h.row.relpath.decode()) for h in expected]
+    searcher = Searcher(demo)
+    hat_id = next(r.id for r in searcher.snapshot.iter_rows() if r.relpath.endswith(HAT.name.encode()))
+    expected = searcher.search_id(hat_id, 10)  # an indexed photo, uploaded: what a search from it finds
+    assert [n for _, n in hits] == [h.row.relpath.decode() for h in expected]
     assert [s for s, _ in hits] == [round(h.score, 3) for h in expected]
+    assert HAT.name not in " ".join(n for _, n in hits)  # never its own result
+    assert any("is in the index as hat/" in c.value and "left out of its own results" in c.value for c in at.caption)
     latency_ms(at)
     assert not at.error
 
@@ -104,11 +128,13 @@ def test_upload_shows_neighbours_and_more_like_this(demo, monkeypatch):
     second_id = int(buttons[1].key.removeprefix("more-"))
     buttons[1].click().run()
     assert not at.exception
-    query_caps = [c for im in at.get("image") for c in im.captions if not SCORE.match(c)]
-    assert query_caps == [second]
+    assert query_captions(at) == [md(second)]
+    assert uploader(at).value is None  # one query on screen: the upload chip went with its query
     again = results(at)
     assert len(again) == 10 and second not in [n for _, n in again]
-    assert [n for _, n in again] == [md(h.row.relpath.decode()) for h in Searcher(demo).search_id(second_id, 10)]
+    assert [n for _, n in again] == [h.row.relpath.decode() for h in Searcher(demo).search_id(second_id, 10)]
+    at.button(key="back").click().run()  # back to the upload, with its results
+    assert not at.exception and query_captions(at) == ["my hat\\.jpg"] and results(at) == hits
 
 
 @pytest.mark.slow
@@ -126,7 +152,8 @@ def test_k_and_minimum_score(demo, monkeypatch):
     assert 0 < len(kept) < 30 and all(s >= round(cut + 0.005, 2) for s, _ in kept)
     assert any("hidden" in m.value for m in at.markdown)
     at.slider(key="min_score").set_value(1.0).run()
-    assert [s for s, _ in results(at)] == [1.0]  # only the photo itself is that similar
+    assert results(at) == []  # the photo itself, the only one that similar, is not its own result
+    assert any("No photo reaches the minimum score" in i.value for i in at.info)
 
 
 @pytest.mark.slow
@@ -144,11 +171,12 @@ def test_collection_info_and_map(demo, monkeypatch):
     at.radio(key="view").set_value("Collection").run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Photos"] == "60" and metrics["Backbone"] == "efficientnet-lite0"
-    assert metrics["Dimensions"] == "1280" and metrics["Index type"] == "flat"
+    assert metrics["Photos"] == "60" and metrics["Dimensions"] == "1280"
     assert metrics["On disk"].endswith("MiB") and float(metrics["On disk"].split()[0]) > 0
-    assert len(at.get("image")) == 1  # the map
-    assert any("All 60 photos" in c.value for c in at.caption)
+    facts = " ".join(m.value for m in at.markdown)
+    assert "**Backbone** efficientnet\\-lite0" in facts and "**index type** flat" in facts
+    assert len(at.get("plotly_chart")) == 1 and not at.get("image")  # the map, one chart
+    assert any("All 60 photos" in c.value and "click it to search" in c.value for c in at.caption)
 
 
 @pytest.mark.slow
@@ -163,11 +191,12 @@ def test_bad_uploads_get_a_message_and_the_app_keeps_working(demo, monkeypatch):
         "empty.png": (b"", "empty file"),
         "huge.png": (huge.getvalue(), "MP"),
         "big.jpg": (b"\xff" * (26 * 2**20), "upload limit"),
+        "notes.pdf": (b"%PDF-1.4", "it is a .pdf file; the app reads .jpg"),  # refused in words, not an icon
     }
     for name, (data, why) in bad.items():
         upload(at, name, data)
         assert len(at.error) == 1, name
-        assert why in at.error[0].value and "cannot be used as a query" in at.error[0].value, name
+        assert why in at.error[0].value.replace("\\", "") and "cannot be used as a query" in at.error[0].value, name
         assert not results(at)
     upload(at, "fine.jpg", good)
     assert not at.error and len(results(at)) == 10
@@ -245,12 +274,12 @@ def test_sidebar_filters_narrow_the_results_and_captions_show_date_and_camera(tm
     ix = index_tiny(folder, tmp_path / "ix")
     at = start(monkeypatch, ix)
     upload(at, "q.heic", (folder / "phone" / "IMG_0.HEIC").read_bytes(), "image/heic")  # a phone upload
-    caps = [c for im in at.get("image") for c in im.captions if SCORE.match(c)]
-    assert len(caps) == 9
-    assert sum("2023\\-06\\-01 · Apple iPhone 15" in c for c in caps) == 3  # date and camera
-    assert sum("\\~" in c.split("\n")[-1] for c in caps) == 6  # no EXIF: the file's date, marked
+    about = [c["about"] for c in cards(at)]
+    assert len(about) == 8  # the query photo itself is left out
+    assert sum(a == "2023-06-01 · Apple iPhone 15" for a in about) == 2  # date and camera
+    assert sum(a.startswith("~") for a in about) == 6  # no EXIF: the file's date, marked
     at.selectbox(key="f_camera").set_value("Apple iPhone 15").run()
-    assert [n.split("/")[0] for _, n in results(at)] == ["phone"] * 3
+    assert [n.split("/")[0] for _, n in results(at)] == ["phone"] * 2
     at.selectbox(key="f_camera").set_value(None).run()
     at.multiselect(key="f_ext").set_value(["jpg"]).run()
     assert len(results(at)) == 6
@@ -260,7 +289,7 @@ def test_sidebar_filters_narrow_the_results_and_captions_show_date_and_camera(tm
     import datetime
 
     at.date_input(key="f_after").set_value(datetime.date(2023, 1, 1)).run()
-    assert len(results(at)) == 3 and not at.exception
+    assert len(results(at)) == 2 and not at.exception
 
 
 def test_pick_from_index_escapes_names_and_survives_missing_files(tmp_path, monkeypatch):
@@ -276,10 +305,9 @@ def test_pick_from_index_escapes_names_and_survives_missing_files(tmp_path, monk
     # The list shows names as plain text; the app maps the choice back to an id, never to a path.
     pick.select_index(next(i for i, o in enumerate(pick.options) if o.startswith("*bold*"))).run()
     assert not at.exception
-    caps = [c for im in at.get("image") for c in im.captions]
     escaped = "\\*bold\\*\\_\\[x\\]\\(y\\)\\<b\\>\\:smile\\:\\.jpg"
-    assert caps and caps[0] == escaped  # the query, shown escaped
-    assert len(results(at)) == 4  # five neighbours, one of them gone from disk since indexing:
+    assert query_captions(at) == [escaped]  # the query, shown escaped
+    assert len(results(at)) == 5  # five neighbours, one of them gone from disk since indexing:
     assert len(at.warning) == 1
     assert at.warning[0].value.startswith("No preview of img0001\\.jpg") and "No such file" in at.warning[0].value
     for im in at.get("image"):
@@ -289,14 +317,14 @@ def test_pick_from_index_escapes_names_and_survives_missing_files(tmp_path, monk
 def test_missing_index_explains_and_builds_one_from_the_page(photos, tmp_path, monkeypatch):
     target = tmp_path / "new-index"
     at = start(monkeypatch, target)
-    assert len(at.error) == 1 and "no index at" in at.error[0].value
+    assert not at.error and len(at.info) == 1 and at.info[0].value.startswith("There is no index at")  # no alarm
     assert any("imgembed index" in m.value for m in at.markdown)  # how to build one on the CLI
     at.text_input(key="first-folder").input(str(photos))
     at.text_input(key="first-backbone").input(TINY)
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Index this folder").click().run()
     assert not at.exception and not at.error
-    done = " ".join(s.value for s in at.success)
-    assert "indexed 12" in done and "12 images in the index" in done and "images/s" in done
+    done = " ".join(s.value for s in at.success).replace("\\", "")
+    assert "found 12 images: 12 new; 12 images in the index" in done and "images/s" in done
     assert any(c.value.startswith("12 photos") for c in at.caption)
     assert len(at.selectbox(key="pick").options) == 12  # the new index is open and searchable
     assert (target / "manifest.json").is_file()
@@ -306,9 +334,9 @@ def test_bad_folder_typed_into_the_page_is_explained(tmp_path, monkeypatch):
     at = start(monkeypatch, tmp_path / "ix")
     at.text_input(key="first-folder").input(str(tmp_path / "no such folder"))
     at.text_input(key="first-backbone").input(TINY)
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Index this folder").click().run()
     assert not at.exception
-    assert any("Could not index that folder" in e.value and "not a folder" in e.value for e in at.error)
+    assert any("Could not index that folder" in e.value and "no such folder" in e.value for e in at.error)
 
 
 def test_mismatched_index_is_explained(photos, tmp_path, monkeypatch):
@@ -335,6 +363,117 @@ def test_hostile_uploads_and_names(tmp_path, monkeypatch):
         upload(at, name, data)
         assert len(at.error) == 1 and why in at.error[0].value, (name, at.error)
     upload(at, "fine.jpg", (folder / "img0001.jpg").read_bytes())
+    names = [n for _, n in results(at)]
+    assert "evil\\x1b[2J\\nname.jpg" in names, names  # control characters shown escaped
     shown = [c for im in at.get("image") for c in im.captions] + [m.value for m in at.markdown]
-    assert any("evil\\\\x1b\\[2J\\\\nname\\.jpg" in c for c in shown), shown
     assert not any("\x1b" in c or "\n" in c.replace("  \n", "") for c in shown)
+
+
+# ---------------------------------------------------------------- the page keeps up with the user
+
+
+def test_an_index_built_on_the_page_stays_open_in_new_tabs_and_is_listed_as_recent(photos, tmp_path, monkeypatch):
+    other = index_tiny(photos, tmp_path / "other")
+    at = start(monkeypatch, tmp_path / "missing")  # the app was started for an index that is not there
+    at.text_input(key="first-folder").input(str(photos))
+    at.text_input(key="first-index").input(str(tmp_path / "built"))
+    at.text_input(key="first-backbone").input(TINY)
+    next(b for b in at.button if b.label == "Index this folder").click().run()
+    assert not at.exception and not at.error
+    assert at.query_params["index"] == str(tmp_path / "built")  # a reload keeps it
+    assert len(at.selectbox(key="pick").options) == 12
+
+    from streamlit.testing.v1 import AppTest
+
+    tab = AppTest.from_file(APP, default_timeout=180)  # a new tab (or a restart): no address, same app
+    tab.run()
+    assert not tab.exception and not tab.error
+    assert any(c.value.startswith("12 photos") and "built" in c.value for c in tab.caption)
+
+    tab.text_input(key="open-path").input(str(other))  # open another index from the sidebar
+    next(b for b in tab.button if b.label == "Open").click().run()
+    assert not tab.exception and tab.query_params["index"] == str(other)
+    recent = tab.selectbox(key="recent")  # the one before is a click away
+    assert recent.options == [str(tmp_path / "built")]
+    recent.set_value(str(tmp_path / "built")).run()
+    assert not tab.exception and tab.query_params["index"] == str(tmp_path / "built")
+
+    monkeypatch.setenv("IMGEMBED_INDEX", str(other))  # started for another index: that one wins
+    fresh = AppTest.from_file(APP, default_timeout=180)
+    fresh.run()
+    assert fresh.query_params["index"] == str(other)
+
+
+def test_one_query_on_screen_with_a_way_back(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    write_photos(photos, 10)
+    ix = index_tiny(photos, tmp_path / "ix")
+    at = start(monkeypatch, ix)
+    assert not [b for b in at.button if b.key == "back"]  # nothing to go back to yet
+    upload(at, "mine.jpg", (photos / "img0003.jpg").read_bytes())
+    first = results(at)
+    more = [b for b in at.button if (b.key or "").startswith("more-")]
+    more[0].click().run()
+    assert uploader(at).value is None and query_captions(at) == [md(first[0][1])]  # the upload chip went
+    assert at.selectbox(key="pick").value == int(more[0].key.removeprefix("more-"))  # the list shows the query
+    at.selectbox(key="pick").select_index(5).run()
+    picked = query_captions(at)
+    assert picked == [md(at.selectbox(key="pick").options[5])]
+    at.button(key="back").click().run()
+    assert query_captions(at) == [md(first[0][1])]
+    at.button(key="back").click().run()
+    assert query_captions(at) == ["mine\\.jpg"] and results(at) == first  # the upload, its bytes kept
+    assert not [b for b in at.button if b.key == "back"]  # the first query: nothing before it
+
+
+def test_the_query_photo_is_never_its_own_result(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    write_photos(photos, 10)
+    import shutil as sh
+
+    sh.copy(photos / "img0003.jpg", photos / "copy of 3.jpg")
+    ix = index_tiny(photos, tmp_path / "ix")
+    at = start(monkeypatch, ix)
+    upload(at, "img0003.jpg", (photos / "img0003.jpg").read_bytes())
+    by_upload = results(at)
+    note = " ".join(c.value for c in at.caption)
+    assert "This photo is in the index as" in note and "copy of 3" in note
+    pick = at.selectbox(key="pick")
+    pick.select_index(pick.options.index("img0003.jpg")).run()
+    by_pick = results(at)
+    assert by_upload == by_pick and not {"img0003.jpg", "copy of 3.jpg"} & {n for _, n in by_pick}
+    assert any("Identical copies left out of the results\\: copy of 3\\.jpg" in c.value for c in at.caption)
+
+
+def test_cards_are_one_line_each_and_open_a_full_size_view(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    write_photos(photos, 10)
+    long = photos / ("a very long name of a holiday photo taken on the beach at sunset " * 3).strip()
+    (photos / "img0004.jpg").rename(long.with_suffix(".jpg"))
+    ix = index_tiny(photos, tmp_path / "ix")
+    at = start(monkeypatch, ix)
+    upload(at, "q.jpg", (photos / "img0001.jpg").read_bytes())
+    assert any(c["name"] == long.with_suffix(".jpg").name for c in cards(at))  # in full, in the hover title
+    view = [b for b in at.button if (b.key or "").startswith("view-")]
+    assert len(view) == len(cards(at))
+    hit_id = int(view[0].key.removeprefix("view-"))
+    view[0].click().run()
+    assert not at.exception
+    facts = " ".join(m.value for m in at.markdown if m.value.startswith("**Name**"))
+    for label in ("Name", "Folder", "Pixels", "File size", "Taken", "Modified", "Indexed"):
+        assert f"**{label}**" in facts, label
+    row = Searcher(ix).snapshot.rows([hit_id])[hit_id]
+    assert [c.value for c in at.code] == [os.fsdecode(row.path)]  # the path, to copy
+    at.button(key=f"dialog-more-{hit_id}").click().run()  # "More like this" from the full-size view
+    assert not at.exception and query_captions(at) == [md(row.relpath.decode())]
+
+
+def test_streamlit_settings_hide_deploy_and_let_the_page_answer_large_uploads():
+    import tomllib
+
+    from imgembed.config import MAX_UPLOAD_MB
+
+    cfg = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert cfg["client"]["toolbarMode"] == "viewer"  # no "Deploy" button
+    assert cfg["server"]["maxUploadSize"] > MAX_UPLOAD_MB  # the page says why, not the uploader's red icon
+    assert cfg["server"]["address"] == "localhost"

@@ -188,7 +188,7 @@ def test_bad_input_corpus_is_indexed_or_skipped_with_a_reason(corpus, tmp_path, 
     for name, reason in reasons.items():
         assert re.search(expect[name][1], reason), (name, reason)
     n_indexed = sum(o == INDEXED for o, _ in expect.values())
-    assert f"indexed {n_indexed}, " in out and f"skipped {len(want_skipped)};" in out
+    assert f"embedded {n_indexed} in " in out and f", {len(want_skipped)} skipped;" in out
     assert "not read: 2 .cr2, 1 .dng, 1 .mov, 1 hidden folder (.trip)" in out.splitlines()
     assert f"{n_indexed} images in the index" in out
 

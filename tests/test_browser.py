@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def _wait_for_results(page, query_caption: str) -> str:
     page.wait_for_function(
         """c => {
             const first = document.querySelector('[data-testid="stImage"]');  // the query comes first
-            return first && first.innerText.trim() === c;
+            return first && first.innerText.trim() === c && document.querySelector('.ie-score');
         }""", arg=query_caption, timeout=120_000)
     _wait_idle(page)
     text = page.get_by_text(re.compile(r"query answered in \d+ ms")).inner_text()
@@ -134,68 +135,184 @@ def _wait_for_results(page, query_caption: str) -> str:
 
 
 def _result_scores(page) -> list[float]:
-    captions = page.locator('[data-testid="stImage"]').all_inner_texts()
-    return [float(m.group(1)) for c in captions if (m := re.match(r"\s*(-?\d\.\d{3}) · ", c))]
+    return [float(t) for t in page.locator(".ie-score").all_inner_texts()]
 
 
-def _rendered_images(page, count: int) -> list[dict]:
-    """Wait until the page shows ``count`` images, all loaded; return their sizes and sources."""
+def _result_names(page) -> list[str]:
+    """Each card's name as its hover title holds it (in full, however the card cuts it)."""
+    return page.eval_on_selector_all(".ie-score + .ie-name", "els => els.map(e => e.getAttribute('title'))")
+
+
+def _rendered_images(page, count: int, where: str = "") -> list[dict]:
+    """Wait until the page shows ``count`` images (under ``where``), all loaded; return their sizes."""
+    sel = f'{where} [data-testid="stImage"] img'.strip()
     page.wait_for_function(
-        """n => {
-            const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-            return imgs.length == n && imgs.every(i => i.complete && i.naturalWidth > 0);
-        }""", arg=count, timeout=60_000)
+        """sel => {
+            const imgs = [...document.querySelectorAll(sel)];
+            return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length;
+        }""", arg=sel, timeout=60_000)
+    page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length == n", arg=[sel, count],
+                           timeout=60_000)
     return page.eval_on_selector_all(
-        '[data-testid="stImage"] img',
-        "imgs => imgs.map(i => ({w: i.naturalWidth, h: i.naturalHeight, ok: i.complete, src: i.src}))")
+        sel, "imgs => imgs.map(i => ({w: i.naturalWidth, h: i.naturalHeight, ok: i.complete, src: i.src}))")
 
 
-def test_upload_in_chromium_renders_neighbours(browser, app_url):  # browser first: skips fast
+def _card_boxes(page) -> list[dict]:
+    """The on-screen box of each result card."""
+    return page.eval_on_selector_all(
+        '.st-key-results [class*="st-key-card-"]',
+        "cols => cols.map(c => { const r = c.getBoundingClientRect(); return {x: r.x, y: r.y, w: r.width, h: r.height}; })")
+
+
+def _map_point(page, i: int) -> dict:
+    """Where point ``i`` of the collection map is on the page, and the photo name it carries."""
+    return page.evaluate(
+        """i => {
+            const gd = document.querySelector('.js-plotly-plot');
+            const fl = gd._fullLayout, tr = gd._fullData[0], box = gd.getBoundingClientRect();
+            return {x: box.x + fl.xaxis._offset + fl.xaxis.l2p(tr.x[i]),
+                    y: box.y + fl.yaxis._offset + fl.yaxis.l2p(tr.y[i]), name: tr.customdata[i][1],
+                    n: tr.x.length};
+        }""", i)
+
+
+SIZES = {"desktop": (1440, 900), "phone": (390, 844)}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_view_in_chromium(browser, app_url, size):  # browser first: skips fast
+    """The result grid, the full-size view, Back, the map (hover names a photo, a click searches
+    with it) and the duplicates view, at a desktop and a phone size; a screenshot of each."""
     t0 = time.perf_counter()
-    page = browser.new_page(viewport={"width": 1440, "height": 1500})
+    w, h = SIZES[size]
+    page = browser.new_page(viewport={"width": w, "height": h})
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    shots = []
+
+    def shot(name: str, full: bool = True) -> None:
+        path = out / f"app-{size}-{name}.png"
+        page.screenshot(path=str(path), full_page=full)
+        shots.append(path.name)
+
     page.goto(app_url, wait_until="domcontentloaded")
     page.locator('input[type="file"]').wait_for(state="attached", timeout=180_000)  # model loads first
+    _wait_idle(page)
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # client.toolbarMode = "viewer"
+    assert page.get_by_text(re.compile(r"\d+ ?MB per file")).filter(visible=True).count() == 0  # one limit shown: 25 MB
+    opened = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["index"]  # a reload keeps it
+    assert len(opened) == 1 and opened[0].endswith("demo-index"), page.url
+    shot("start")
+
+    # Upload an indexed photo: its results, the photo itself left out and said so.
     page.locator('input[type="file"]').set_input_files(str(QUERY))
     first = _wait_for_results(page, QUERY.name)
     images = _rendered_images(page, K + 1)  # the query and its K neighbours
-    assert len(images) == K + 1
-    assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
-    assert all("/media/" in i["src"] for i in images)
-    scores = _result_scores(page)  # one consistent grid: K results, best first, the photo itself on top
-    assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.999, scores
-    assert page.get_by_text("More like this").count() == K
-    captions = page.locator('[data-testid="stImage"]').all_inner_texts()
-    assert any(QUERY.name in c for c in captions)  # the photo finds itself, its name shown plainly
-
-    # A second upload on the now warm app: the latency a user sees.
-    page.locator('input[type="file"]').set_input_files(str(SECOND))
-    warm = _wait_for_results(page, SECOND.name)
-    _rendered_images(page, K + 1)
+    assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 and "/media/" in i["src"] for i in images), images
     scores = _result_scores(page)
-    assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] > 0.999, scores
-    out = ROOT / "artifacts"
-    out.mkdir(exist_ok=True)
-    shot = out / "app-search.png"
-    page.screenshot(path=str(shot), full_page=True)
-
-    # "More like this" on the first result makes it the query.
-    # a result's caption: "score · name", then a line with the capture date (and camera)
-    top = page.locator('[data-testid="stImage"]').nth(1).inner_text().split(" · ", 1)[1].splitlines()[0].strip()
-    page.get_by_text("More like this").first.click()
-    third = _wait_for_results(page, top)
-    _rendered_images(page, K + 1)
-    scores = _result_scores(page)  # the clicked photo is the query now, so it is not among its results
     assert len(scores) == K and scores == sorted(scores, reverse=True) and scores[0] < 0.999, scores
+    assert QUERY.name not in " ".join(_result_names(page))
+    assert page.get_by_text("left out of its own results").count() == 1
+    assert page.get_by_role("button", name="More like this").count() == K
+    boxes = _card_boxes(page)
+    assert len(boxes) == K
+    rows: dict[int, list[dict]] = {}
+    for b in boxes:
+        rows.setdefault(round(b["y"]), []).append(b)
+    for row in rows.values():  # cards of one row have one height, and none is wider than the page
+        assert max(b["h"] for b in row) - min(b["h"] for b in row) < 2, row
+    assert all(b["x"] >= 0 and b["x"] + b["w"] <= w + 1 for b in boxes), boxes
+    if size == "phone":
+        assert max(len(r) for r in rows.values()) == 2  # two cards a row, not one long column
+    shot("search")
 
-    # The collection view draws the map.
+    # The full-size view of the first result: the picture, its facts, its path.
+    top_name = _result_names(page)[0]
+    page.locator('.st-key-results [class*="st-key-view-"] button:visible').first.click()
+    dialog = page.locator('[role="dialog"]')
+    dialog.wait_for(timeout=60_000)
+    _wait_idle(page)
+    _rendered_images(page, 1, '[role="dialog"]')
+    assert top_name in dialog.inner_text() and "Pixels" in dialog.inner_text()
+    assert dialog.locator('[data-testid="stCode"]').inner_text().strip().endswith(top_name)
+    shot("photo", full=False)
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="detached", timeout=30_000)
+
+    # "More like this" on the first result: one query on screen, the upload chip gone, Back returns.
+    page.get_by_role("button", name="More like this").first.click()
+    third = _wait_for_results(page, top_name)
+    scores = _result_scores(page)
+    assert len(scores) == K and scores[0] < 0.999 and top_name not in _result_names(page), scores
+    assert page.locator('[data-testid="stFileUploaderFile"]').count() == 0
+    shot("more-like-this")
+    page.get_by_role("button", name="← Back").click()
+    _wait_for_results(page, QUERY.name)
+
+    # A file the app cannot read is refused in words.
+    page.locator('input[type="file"]').set_input_files(files=[{"name": "notes.pdf", "mimeType": "application/pdf",
+                                                              "buffer": b"%PDF-1.4 not a photo"}])
+    page.get_by_text("cannot be used as a query").wait_for(timeout=60_000)
+    _wait_idle(page)
+    assert "it is a .pdf file" in page.locator('[data-testid="stAlert"]').first.inner_text()
+    shot("rejected-upload", full=False)
+
+    # The map: every photo placed, hover names one, a click makes it the query.
     page.get_by_text("Collection", exact=True).click()
     page.get_by_text("Map of the collection").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot .imagelayer image").wait_for(state="attached", timeout=60_000)
     _wait_idle(page)
-    maps = _rendered_images(page, 1)
-    assert len(maps) == 1 and maps[0]["w"] > 500
-    page.screenshot(path=str(out / "app-map.png"), full_page=True)
-    print(f"\nbrowser flow {time.perf_counter() - t0:.1f} s; latency shown: first upload '{first}', "
-          f"warm upload '{warm}', more like this '{third}'; screenshots {shot} and {out / 'app-map.png'}")
+    disk = page.locator('[data-testid="stMetric"]', has_text="On disk").inner_text()
+    assert re.search(r"\d+\.\d MiB", disk), disk  # the figure in full, not cut
+    page.locator(".js-plotly-plot").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)  # the scroll settles
+    p = _map_point(page, 3)
+    assert p["n"] == 60 and 0 < p["x"] < w and 0 < p["y"] < h, p  # on screen
+    page.mouse.move(p["x"], p["y"])
+    page.locator(".hoverlayer .hovertext").wait_for(timeout=30_000)
+    assert p["name"] in page.locator(".hoverlayer .hovertext").text_content()
+    shot("map", full=size == "phone")
+    page.mouse.click(p["x"], p["y"])
+    _wait_for_results(page, p["name"])
+    assert page.get_by_role("radio", name="Search").is_checked()
+    assert p["name"] not in _result_names(page)
+
+    page.get_by_text("Duplicates", exact=True).click()
+    page.get_by_text(re.compile(r"\d+ groups holding \d+ photos")).wait_for(timeout=120_000)
+    _wait_idle(page)
+    shot("duplicates")
+    print(f"\n{size} {w}x{h}: browser flow {time.perf_counter() - t0:.1f} s; latency shown: upload '{first}', "
+          f"more like this '{third}'; screenshots in {out}: {', '.join(shots)}")
+
+
+def test_a_page_without_an_index_in_chromium(browser, tmp_path, monkeypatch):
+    """The first page a new user sees (no index yet), at both sizes."""
+    port = _free_port()
+    env = {**os.environ, "IMGEMBED_INDEX": str(tmp_path / "no-index-yet"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "streamlit did not start"
+                time.sleep(0.25)
+        for size, (w, h) in SIZES.items():
+            page = browser.new_page(viewport={"width": w, "height": h})
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_text("There is no index at").wait_for(timeout=120_000)
+            _wait_idle(page)
+            assert page.get_by_role("button", name="Index this folder").is_visible()
+            page.screenshot(path=str(ROOT / "artifacts" / f"app-{size}-no-index.png"), full_page=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_duplicates_review_in_chromium(browser, dup_url):

@@ -15,9 +15,9 @@ def test_index_search_info(photos, tmp_path, capsys):
     ix = str(tmp_path / "ix")
     assert main(["index", str(photos), "--index", ix, "--backbone", TINY, "--workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert "indexed 12" in out and "images/s" in out
+    assert "found 12 images: 12 new; 12 images in the index" in out and "images/s" in out
     assert main(["index", str(photos), "--index", ix, "--backbone", TINY, "--workers", "0"]) == 0
-    assert "indexed 0" in capsys.readouterr().out
+    assert "found 12 images: 12 unchanged; 12 images in the index" in capsys.readouterr().out
     q = photos / "c2" / "img0005.jpg"
     assert main(["search", str(q), "--index", ix, "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
@@ -33,7 +33,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no index at") and "Traceback" not in err
     assert main(["index", str(tmp_path / "nofolder"), "--index", str(tmp_path / "ix"), "--backbone", TINY]) == 1
-    assert "not a folder" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert main(["index", str(tmp_path), "--index", str(tmp_path / "ix"), "--backbone", "nosuch"]) == 1
     assert "unknown backbone" in capsys.readouterr().err
 
@@ -68,7 +68,7 @@ def test_skipped_files_are_named_and_counted(photos, tmp_path, capsys):
     ix = str(tmp_path / "ix")
     assert main(["index", str(photos), "--index", ix, "--backbone", TINY, "--workers", "0"]) == 0
     cap = capsys.readouterr()
-    assert "skipped 2" in cap.out and "indexed 12" in cap.out
+    assert "found 14 images: 12 new, 2 skipped;" in cap.out
     assert "broken.jpg" in cap.err and "empty.png: empty file" in cap.err
 
 
@@ -90,7 +90,7 @@ def test_default_backbone_on_the_sample_photos(tmp_path, capsys):
     """The real default backbone on real photos: a hat finds hats."""
     ix = str(tmp_path / "ix")
     assert main(["index", str(ASSETS), "--index", ix]) == 0
-    assert "indexed 60" in capsys.readouterr().out
+    assert "found 60 images: 60 new;" in capsys.readouterr().out
     q = sorted((ASSETS / "hat").glob("*.jpg"))[0]
     assert main(["search", str(q), "--index", ix, "-k", "5", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)

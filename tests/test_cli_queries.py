@@ -158,16 +158,16 @@ def test_similar_keeps_a_folder_index_in_the_cache(tmp_path, capsys, monkeypatch
     paths = write_photos(folder, 9)
     monkeypatch.chdir(folder)
     code, out, err = run(capsys, "similar", paths[4].name, "--backbone", TINY, "-k", "3")
-    assert code == 0 and "indexed 9" in err
+    assert code == 0 and "9 new" in err
     lines = out.splitlines()
     assert len(lines) == 3 and not any(paths[4].name in line for line in lines)  # the photo itself left out
     assert folder_index_dir(".", TINY).is_dir()
     write_photos(folder, 2, start=9)  # the second call only embeds what is new
     code, out2, err = run(capsys, "similar", paths[4], folder, "--backbone", TINY, "-k", "3", "--json")
-    assert code == 0 and "indexed 2, reused 0 (renamed/copied), unchanged 9" in err
+    assert code == 0 and "found 11 images: 2 new, 9 unchanged;" in err
     assert len(json.loads(out2)) == 3
     code, _, err = run(capsys, "similar", paths[4], folder, "--backbone", TINY)
-    assert code == 0 and "indexed 0" in err and "unchanged 11" in err
+    assert code == 0 and "found 11 images: 11 unchanged;" in err
 
 
 def test_similar_with_a_photo_from_elsewhere(tmp_path, capsys):
@@ -206,4 +206,4 @@ def test_a_second_similar_call_imports_no_model_code(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "no torch 0" and "unchanged 5" in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "no torch 0" and "5 unchanged" in r.stderr

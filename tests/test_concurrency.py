@@ -71,7 +71,7 @@ def test_second_writer_fails_clearly_or_waits(photos, tmp_path):
         holder.wait(timeout=60)
     out, err = waiter.communicate(timeout=120)
     assert waiter.returncode == 0, err
-    assert "indexed 3," in out and "15 images in the index" in out
+    assert "3 new, 12 unchanged;" in out and "15 images in the index" in out
 
 
 WRITER = """

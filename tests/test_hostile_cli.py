@@ -93,7 +93,7 @@ def test_files_that_are_not_images_are_counted_by_suffix_once(tmp_path, capsys):
     assert err == ""  # no line per file
     assert ("not read: 13 .mov, 3 .cr2, 1 .dng, 1 without suffix, 2 hidden folders (.thumbnails, .trip)"
             in out.splitlines())
-    assert "indexed 3," in out
+    assert "found 3 images: 3 new;" in out
 
 
 def test_scan_counts_every_kind_and_lists_hidden_folders(tmp_path):

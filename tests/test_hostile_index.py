@@ -196,7 +196,7 @@ def test_indexing_the_folder_around_an_indexed_one_takes_it_in(photos, tmp_path)
     inner = index_folder(photos / "c1", ix, cfg())
     assert inner.total == 4
     s = index_folder(photos, ix, cfg())
-    assert (s.total, s.unchanged, s.indexed, s.reused) == (12, 4, 8, 0)
+    assert (s.total, s.unchanged, s.indexed, s.new, s.renamed, s.copied) == (12, 4, 8, 8, 0, 0)
     assert f"took in the 4 entries of {photos / 'c1'}, indexed before as a folder of its own" in "\n".join(s.lines())
     paths = [r.path for r in Searcher(ix).snapshot.iter_rows()]
     assert len(paths) == len(set(paths)) == 12
@@ -227,7 +227,7 @@ def test_a_moved_folder_does_not_leave_every_photo_twice(photos, tmp_path):
     moved = tmp_path / "Pictures"
     photos.rename(moved)
     s = index_folder(moved, ix, cfg())
-    assert (s.total, s.indexed, s.reused) == (12, 0, 12)  # nothing embedded again
+    assert (s.total, s.indexed, s.renamed, s.copied) == (12, 0, 12, 0)  # moved, nothing embedded again
     assert f"dropped 12 entries of {photos}: that folder is gone and the same photos are in this one" in s.lines()
     assert {os.path.dirname(r.path) for r in Searcher(ix).snapshot.iter_rows()} <= {
         os.fsencode(moved / c) for c in ("c0", "c1", "c2")}

@@ -28,9 +28,9 @@ def live_paths(index_dir) -> set[str]:
 def test_first_run_indexes_everything_then_nothing(photos, tmp_path):
     ix = tmp_path / "ix"
     s1 = index_folder(photos, ix, cfg())
-    assert (s1.indexed, s1.unchanged, s1.removed, s1.total) == (12, 0, 0, 12)
+    assert (s1.indexed, s1.new, s1.unchanged, s1.deleted, s1.total) == (12, 12, 0, 0, 12)
     s2 = index_folder(photos, ix, cfg())
-    assert (s2.indexed, s2.reused, s2.unchanged, s2.removed, s2.total) == (0, 0, 12, 0, 12)
+    assert (s2.indexed, s2.new, s2.unchanged, s2.deleted, s2.total) == (0, 0, 12, 0, 12)
     assert s2.publish.generation == 1  # nothing changed, nothing republished
 
 
@@ -45,8 +45,7 @@ def test_add_modify_rename_delete(photos, tmp_path):
     os.utime(photos / "c0" / "img0003.jpg", ns=(1, 1))
     s = index_folder(photos, ix, cfg())
     assert s.indexed == 3  # two new + one modified
-    assert s.reused == 2  # rename + copy reuse stored vectors
-    assert s.removed == 2  # the deleted file and the rename's old path
+    assert (s.new, s.changed, s.renamed, s.copied, s.deleted) == (2, 1, 1, 1, 1)
     assert s.total == 12 - 1 + 2 + 1
     names = live_paths(ix)
     assert "renamed.jpg" in names and "copy.jpg" in names
@@ -197,7 +196,7 @@ def test_roots_share_one_index(tmp_path):
     assert s.total == 9
     (a / "img0000.jpg").unlink()
     s = index_folder(b, ix, cfg())  # indexing b never touches a's entries
-    assert s.total == 9 and s.removed == 0
+    assert s.total == 9 and s.deleted == 0
     assert index_folder(a, ix, cfg()).total == 8
 
 

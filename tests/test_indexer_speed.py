@@ -45,7 +45,7 @@ def test_renamed_files_reuse_vectors_without_a_model(photos, tmp_path, no_model)
     index_folder(photos, ix, cfg())
     os.rename(photos / "c0" / "img0000.jpg", photos / "c0" / "moved.jpg")
     s = index_folder(photos, ix, cfg())
-    assert (s.reused, s.indexed, s.total) == (1, 0, 12)
+    assert (s.renamed, s.indexed, s.total) == (1, 0, 12)
     assert len(no_model) == 1
 
 

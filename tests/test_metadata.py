@@ -107,7 +107,7 @@ def test_renamed_photos_get_metadata_without_being_embedded(tmp_path):
     index_folder(root, tmp_path / "ix", tiny_cfg())
     (root / "a.jpg").rename(root / "moved.jpg")
     s = index_folder(root, tmp_path / "ix", tiny_cfg())
-    assert (s.indexed, s.reused) == (0, 1)
+    assert (s.indexed, s.renamed, s.copied) == (0, 1, 0)
     assert _meta_by_name(tmp_path / "ix")["moved.jpg"].camera == "Apple iPhone 15"
 
 
@@ -141,7 +141,7 @@ def test_an_index_made_before_metadata_is_brought_along_without_re_embedding(tmp
 
     monkeypatch.setattr(embedder.Embedder, "embed", no_model)
     s = index_folder(root, tmp_path / "ix", tiny_cfg())
-    assert (s.indexed, s.reused, s.unchanged, s.metadata) == (0, 0, 6, 6)
+    assert (s.indexed, s.renamed, s.copied, s.unchanged, s.metadata) == (0, 0, 0, 6, 6)
     assert any("metadata" in line and "6 photos" in line for line in s.lines())
 
     new = Searcher(tmp_path / "ix")

@@ -96,3 +96,33 @@ def test_one_dispatch_for_every_kind_of_query(index):
         s.search(Query("id", id=10**9))
     with pytest.raises(ValueError, match="unknown query kind"):
         s.search(Query("sound"))
+
+
+def test_the_query_photo_is_left_out_however_it_is_asked(index):
+    s = Searcher(index)
+    rows = {r.relpath: r for r in s.snapshot.iter_rows()}
+    photo, copy = rows[b"img0003.jpg"], rows[b"copy.jpg"]
+    with open(photo.path, "rb") as f:
+        by_upload = s.answer(Query("image", image=f.read(), name="img0003.jpg"), k=4)
+    by_id = s.answer(Query("id", id=photo.id), k=4)
+    # an upload of an indexed photo finds what a search from that photo finds, itself and copies left out
+    assert [h.id for h in by_upload.hits] == [h.id for h in by_id.hits]
+    assert not {photo.id, copy.id} & {h.id for h in by_upload.hits}
+    assert {r.id for r in by_upload.itself} == {photo.id, copy.id} == {r.id for r in by_id.itself}
+    assert len(by_upload.hits) == 4
+    fresh = s.answer(Query("image", image=_new_jpeg()), k=3)  # not in the index: nothing left out
+    assert fresh.itself == [] and len(fresh.hits) == 3
+    assert fresh.above(0) == fresh.hits
+    assert fresh.above(2.0) == []
+    with pytest.raises(StoreError, match="no photo with id"):
+        s.answer(Query("id", id=10**9))
+
+
+def _new_jpeg() -> bytes:
+    import io
+
+    from helpers import make_photo
+
+    buf = io.BytesIO()
+    make_photo(999).save(buf, "JPEG")
+    return buf.getvalue()

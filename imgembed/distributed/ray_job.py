@@ -15,9 +15,13 @@ The photos must be readable at the same path on every node (a shared or network 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -56,6 +60,9 @@ class RayCfg:
     # otherwise be retried for ever. (Embedding actors restart without limit, Ray Data's default.)
     decode_retries: int = 3
     block_batches: int = 8  # batches per input block (the unit of a decode task)
+    # Ray's own log lines (cluster start, execution plans, actor notes from its C++ core) and its
+    # deprecation warnings held back from the terminal; False shows them (the CLI's -v).
+    quiet: bool = True
 
 
 @dataclass
@@ -90,15 +97,43 @@ class ShardJobSummary:
         ]
 
 
-def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS), or start a local one."""
+@contextlib.contextmanager
+def _stderr_to_log():
+    """While Ray starts, what it writes to file descriptor 2 (its C++ core writes there directly, past
+    Python's logging) goes to this module's debug log instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                logger.debug("ray: %s", line)
+
+
+def connect(address: str | None = None, quiet: bool = True) -> None:
+    """Join the Ray cluster at ``address`` (or $RAY_ADDRESS), or start a local one. ``quiet``: Ray
+    logs errors only (see :attr:`RayCfg.quiet`)."""
+    if quiet:  # read by Ray's C++ core when it starts, in this process and the workers it spawns
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         import ray
     except ImportError as e:
         raise JobFailed("the Ray engine needs Ray: pip install 'imgembed[ray]'") from e
+    import ray.data  # noqa: F401  (it sets its loggers' levels when imported)
+
+    level = logging.ERROR if quiet else logging.INFO
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            with _stderr_to_log() if quiet else contextlib.nullcontext():
+                ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise JobFailed(f"cannot join the Ray cluster at {address or '$RAY_ADDRESS'}: {e}. Give the address "
                             "that `ray status` prints on a cluster node (or `auto` there), or leave "
@@ -135,7 +170,8 @@ def embed_to_shards(root: str | Path, shards_dir: str | Path, cfg: IndexJobCfg, 
     summary.files, summary.shards, summary.shards_resumed = manifest["files"], manifest["shards"], len(done)
     todo = [s for s in range(manifest["shards"]) if s not in done]
     if todo:
-        _run(root, out, listing, todo, manifest, cfg, ray_cfg, embedder, summary, progress)
+        with warnings.catch_warnings():
+            _run(root, out, listing, todo, manifest, cfg, ray_cfg, embedder, summary, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -164,8 +200,12 @@ def _plan(root: Path, out: Path, cfg: IndexJobCfg, ray_cfg: RayCfg, embedder: Em
 
 def _run(root: Path, out: Path, listing, todo: list[int], manifest: dict, cfg: IndexJobCfg,
          ray_cfg: RayCfg, embedder: Embedder, summary: ShardJobSummary, progress: Progress | None) -> None:
-    connect(ray_cfg.address)
+    connect(ray_cfg.address, ray_cfg.quiet)
     import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    if ray_cfg.quiet:  # e.g. ray_remote_args_fn's, due in Ray 2.64 (pyproject.toml keeps Ray below it);
+        warnings.simplefilter("ignore", RayDeprecationWarning)  # scoped by the caller's catch_warnings
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows its own
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))

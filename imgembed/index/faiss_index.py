@@ -6,6 +6,7 @@ Every index maps stable int64 ids (the store's file ids) to vectors.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ import faiss
 import numpy as np
 
 from imgembed.config import INDEX_TYPES, IndexCfg, check_choice
+
+logger = logging.getLogger(__name__)
 
 # INDEX_TYPES: "ivf" is IVF-Flat, inverted lists of full vectors (exact scores over the probed
 # lists); "ivfpq" stores 8-bit product-quantised codes instead (less memory, lower recall).
@@ -165,6 +168,14 @@ def new_index(kind: str, dim: int, cfg: IndexCfg, train: np.ndarray | None = Non
         else:
             nbits = max(1, min(8, int(math.log2(len(train)))))  # PQ codebooks need >= 2**nbits points
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            # faiss prints a warning on stderr, once per sub-quantizer, when a codebook gets fewer than
+            # 39 training points per centroid: the sample is bounded on purpose (TRAIN_PER_LIST), so
+            # the note goes to the log instead (imgembed -v shows it).
+            index.pq.cp.min_points_per_centroid = 1
+            wanted = 39 * 2**nbits
+            if min(len(train), TRAIN_PER_LIST * nlist) < wanted:
+                logger.info("IVF-PQ codebooks trained on %d points (faiss suggests at least %d)",
+                            min(len(train), TRAIN_PER_LIST * nlist), wanted)
         index.cp.niter = KMEANS_ITER
         train = np.ascontiguousarray(train[: TRAIN_PER_LIST * nlist], dtype=np.float32)
         index.train(train)

@@ -69,17 +69,18 @@ def take_in_below(con: sqlite3.Connection, tx: Tx, root_id: int, gen: int) -> li
     return out
 
 
-def drop_moved(con: sqlite3.Connection, tx: Tx, root_id: int, gen: int) -> list[tuple[bytes, int]]:
+def drop_moved(con: sqlite3.Connection, tx: Tx, root_id: int, gen: int) -> list[tuple[bytes, list[str]]]:
     """Remove, in generation ``gen``, the entries of vanished folders whose content is now under
-    ``root_id`` (the same photos indexed again under a new path). ``[(vanished folder, entries)]``."""
+    ``root_id`` (the same photos indexed again under a new path). ``[(vanished folder, their hashes)]``."""
     out = []
     for other_id, other in live_roots(con):
         if other_id == root_id or os.path.isdir(other):
             continue
+        where = ("root_id=? AND removed_gen IS NULL AND hash IN "
+                 "(SELECT hash FROM files WHERE root_id=? AND removed_gen IS NULL)")
         with tx():
-            n = con.execute(
-                "UPDATE files SET removed_gen=? WHERE root_id=? AND removed_gen IS NULL AND hash IN "
-                "(SELECT hash FROM files WHERE root_id=? AND removed_gen IS NULL)", (gen, other_id, root_id)).rowcount
-        if n:
-            out.append((other, n))
+            hashes = [r[0] for r in con.execute(f"SELECT hash FROM files WHERE {where}", (other_id, root_id))]
+            con.execute(f"UPDATE files SET removed_gen=? WHERE {where}", (gen, other_id, root_id))
+        if hashes:
+            out.append((other, hashes))
     return out

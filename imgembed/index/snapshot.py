@@ -158,6 +158,11 @@ class Snapshot:
                     return Row(*r)
         return None
 
+    def rows_with_hash(self, digest: str) -> list[Row]:
+        """The visible rows whose file has this content hash (a photo and its byte-identical copies)."""
+        sql = f"{ROW_SQL} WHERE f.hash=? AND {visible(str(self.generation))} ORDER BY f.id"
+        return [Row(*r) for r in self.con.execute(sql, (digest,))]
+
     def iter_rows(self, chunk: int = 10_000) -> Iterator[Row]:
         cur = self.con.execute(f"{ROW_SQL} WHERE {visible(str(self.generation))} ORDER BY f.id")
         while rows := cur.fetchmany(chunk):

@@ -285,8 +285,8 @@ class StoreWriter:
         """Entries of indexed folders inside this root move under it: ``[(folder, entries)]``."""
         return roots.take_in_below(self.con, self._tx, root_id, self.gen)
 
-    def drop_moved(self, root_id: int) -> list[tuple[bytes, int]]:
-        """Entries of vanished folders whose photos are now under this root go: ``[(folder, entries)]``."""
+    def drop_moved(self, root_id: int) -> list[tuple[bytes, list[str]]]:
+        """Entries of vanished folders whose photos are now under this root go: ``[(folder, hashes)]``."""
         return roots.drop_moved(self.con, self._tx, root_id, self.gen)
 
     def live_files(self, root_id: int) -> dict[bytes, LiveFile]:
@@ -337,6 +337,13 @@ class StoreWriter:
         with self._tx():
             self.con.executemany("UPDATE files SET removed_gen=? WHERE id=? AND removed_gen IS NULL",
                                  [(self.gen, i) for i in ids])
+
+    def touch(self, entries: Iterable[tuple[int, int, int]]) -> None:
+        """Record a new ``(id, size, mtime_ns)`` for entries whose content did not change (a ``touch``):
+        vector and id stay, so no search sees a difference and the next run costs one ``stat``."""
+        with self._tx():
+            self.con.executemany("UPDATE files SET size=?, mtime_ns=? WHERE id=?",
+                                 [(size, mtime, i) for i, size, mtime in entries])
 
     def add(self, root_id: int, files: list[NewFile], vectors: np.ndarray | None = None) -> None:
         """Record files; ``vectors (n, raw_dim)`` (the model's) for those whose hash has none yet

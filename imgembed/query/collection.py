@@ -113,6 +113,21 @@ def map_sample(snapshot: Snapshot, max_photos: int, seed: int = 0) -> tuple[np.n
         return snapshot.vectors_array(ids)
 
 
+def tiles_of(ids: np.ndarray, rows: dict, cell: int) -> list[Image.Image]:
+    """A ``cell`` px square thumbnail of each photo of ``ids``; a grey tile for one that cannot be previewed."""
+    tiles = []
+    for i in ids.tolist():
+        row = rows.get(i)
+        im = None
+        if row is not None:
+            try:
+                im = thumbnail(row.path, cell, ReaderCfg())
+            except ImageSkipped:
+                pass
+        tiles.append(im if im is not None else Image.new("RGB", (cell, cell), MISSING_TILE))
+    return tiles
+
+
 def collection_map(snapshot: Snapshot, max_photos: int, cell: int) -> tuple[Image.Image | None, int]:
     """A picture of up to ``max_photos`` thumbnails placed by a PCA of their embeddings, and how many.
 
@@ -123,15 +138,5 @@ def collection_map(snapshot: Snapshot, max_photos: int, cell: int) -> tuple[Imag
         return None, 0
     cols, rows = grid_shape(len(ids))
     cells = snap_to_grid(pca_2d(vecs), cols, rows)
-    by_id = snapshot.rows(ids.tolist())
-    tiles = []
-    for i in ids.tolist():
-        row = by_id.get(i)
-        im = None
-        if row is not None:
-            try:
-                im = thumbnail(row.path, cell, ReaderCfg())
-            except ImageSkipped:
-                pass
-        tiles.append(im if im is not None else Image.new("RGB", (cell, cell), MISSING_TILE))
+    tiles = tiles_of(ids, snapshot.rows(ids.tolist()), cell)
     return contact_map(tiles, [tuple(c) for c in cells.tolist()], cols, rows, cell), len(ids)

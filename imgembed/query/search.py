@@ -15,7 +15,7 @@ from imgembed.index import faiss_index, filtered_search, reproject
 from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.reader import ImageSkipped, decode_query, read_bytes
+from imgembed.ingest.reader import ImageSkipped, content_hash, decode_query, read_bytes
 from imgembed.model.source import embedder_for
 
 if TYPE_CHECKING:  # the model (and torch) is loaded on the first query that needs it
@@ -29,6 +29,7 @@ class Query(NamedTuple):
     image: bytes = b""
     id: int = -1
     text: str = ""
+    name: str = ""  # an image's file name, as shown
 
 
 class Hit(NamedTuple):
@@ -54,6 +55,18 @@ class Hit(NamedTuple):
                 "height": self.row.height, "size": self.row.size, "taken": m.taken if m else None,
                 "taken_from": m.taken_from if m else None, "camera": m.camera if m else None,
                 "lat": m.lat if m else None, "lon": m.lon if m else None}
+
+
+class Answer(NamedTuple):
+    """The hits of a query, and the query photo's own entries, which the hits never include: the
+    photo of an ``id`` query and every indexed file with the same bytes as the query image."""
+
+    hits: list[Hit]
+    itself: list[Row]
+
+    def above(self, min_score: float) -> list[Hit]:
+        """The hits scoring at least ``min_score`` (all of them at 0)."""
+        return [h for h in self.hits if h.score >= min_score] if min_score > 0 else list(self.hits)
 
 
 @dataclass
@@ -112,6 +125,13 @@ class Searcher:
                          self.snapshot.index_type, self.snapshot.generation, self.snapshot.disk_bytes(), m["metric"],
                          faiss_index.nprobe_of(self.snapshot.index), m.get("index_cfg", {}).get("dba") or "off",
                          reproject.describe(m))
+
+    def require_photos(self) -> None:
+        """Raise StoreError when the index holds no photo: every search would come back empty."""
+        self.snapshot.refresh()
+        if self.snapshot.count == 0:
+            raise StoreError(f"the index at {self.dir} is empty: it holds no photos. Index a folder into it "
+                             f"first: imgembed index YOUR_PHOTOS --index {self.dir}")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exclude: set[int] | None = None,
                        filters: Filters | dict | None = None, qe: bool = False) -> list[list[Hit]]:
@@ -221,6 +241,33 @@ class Searcher:
     def search_text(self, text: str, k: int = 10, filters: Filters | dict | None = None,
                     qe: bool = False) -> list[Hit]:
         return self.search_vectors(self.embedder.embed_text([text]), k, filters=filters, qe=qe)[0]
+
+    def answer(self, query: Query, k: int = 10, filters: Filters | dict | None = None,
+               qe: bool = False) -> Answer:
+        """The ``k`` best hits of ``query`` among the photos ``filters`` keep, the query photo itself
+        left out, however it was asked: an image whose bytes the index holds (an upload of an indexed
+        photo) finds the same as a search from that photo. Raises as :meth:`search`."""
+        if query.kind == "text":
+            return Answer(self.search_text(query.text, k, filters, qe), [])
+        with self.snapshot.read():
+            if query.kind == "id":
+                row = self.snapshot.rows([query.id]).get(query.id)
+                if row is None:
+                    raise StoreError(f"no photo with id {query.id} in {self.dir}")
+                itself = self.snapshot.rows_with_hash(row.hash)
+            elif query.kind == "image":
+                itself = self.snapshot.rows_with_hash(content_hash(query.image))
+            else:
+                raise ValueError(f"unknown query kind {query.kind!r}; use image, id or text")
+        exclude = {r.id for r in itself} | ({query.id} if query.kind == "id" else set())
+        if query.kind == "id":
+            vec = self.snapshot.vectors([query.id]).get(query.id)
+            if vec is None:
+                raise StoreError(f"no photo with id {query.id} in {self.dir}")
+            vec = vec[None]
+        else:
+            vec = self.embed_image_bytes(query.image)
+        return Answer(self.search_vectors(vec, k, exclude=exclude, filters=filters, qe=qe)[0], itself)
 
     def search(self, query: Query, k: int = 10, filters: Filters | dict | None = None,
                qe: bool = False) -> list[Hit]:

@@ -8,6 +8,7 @@ weights, which the index manifest records.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -46,36 +47,64 @@ class Backbone(nn.Module):
 
 Factory = Callable[[str, BackboneCfg], Backbone]
 _REGISTRY: dict[str, Factory] = {}
+_UNLISTED: set[str] = set()  # registered for tests and benchmarks, never offered to users
+# What the error for an unknown name offers, one example per listed family.
+EXAMPLES = {
+    "efficientnet-lite0": "efficientnet-lite0 (the default: works offline)",
+    "open_clip": "open_clip:ViT-B-32:laion2b_s34b_b79k (adds text search; weights from the Hugging Face Hub)",
+    "torchvision": "torchvision:resnet50:IMAGENET1K_V2",
+}
 
 
-def register(family: str) -> Callable[[Factory], Factory]:
+def register(family: str, listed: bool = True) -> Callable[[Factory], Factory]:
+    """Register a factory for ``family``; ``listed=False`` keeps it out of what users are offered."""
     def deco(fn: Factory) -> Factory:
         _REGISTRY[family] = fn
+        if not listed:
+            _UNLISTED.add(family)
         return fn
 
     return deco
 
 
 def known_backbones() -> list[str]:
+    """The families a user can name (test backbones left out)."""
     _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(f for f in _REGISTRY if f not in _UNLISTED)
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The choice closest to ``word`` (case and ``-``/``_`` ignored), or None when none is close."""
+    def norm(w: str) -> str:
+        return w.lower().replace("_", "-")
+
+    by_norm = {norm(c): c for c in choices}
+    close = difflib.get_close_matches(norm(word), list(by_norm), n=1, cutoff=0.6)
+    return by_norm[close[0]] if close else None
+
+
+def check_name(spec: str) -> None:
+    """Raise ValueError for a backbone spec whose family is not registered, with the nearest known
+    spec ("did you mean ...?") and the known families. Cheap: builds nothing."""
+    _load_builtin()
+    family, sep, arg = spec.partition(":")
+    if family in _REGISTRY:
+        return
+    listed = known_backbones()
+    near = did_you_mean(family, listed)
+    hint = f"did you mean {near + sep + arg}? " if near else ""
+    raise ValueError(f"unknown backbone '{spec}'; {hint}known: " + "; ".join(EXAMPLES.get(f, f) for f in listed))
 
 
 def create_backbone(cfg: BackboneCfg) -> Backbone:
     """Build the backbone named by ``cfg.name`` in eval mode on the CPU.
 
     Raises:
-        ValueError: the family is not registered (the message lists the known ones).
+        ValueError: the family is not registered (the message suggests the nearest and lists the known ones).
         BackboneError: the weights cannot be loaded (the message says how to supply them).
     """
-    _load_builtin()
+    check_name(cfg.name)
     family, _, arg = cfg.name.partition(":")
-    if family not in _REGISTRY:
-        raise ValueError(
-            f"unknown backbone '{cfg.name}'; known families: {', '.join(sorted(_REGISTRY))} "
-            "(e.g. efficientnet-lite0, open_clip:ViT-B-32:laion2b_s34b_b79k, "
-            "torchvision:resnet50:IMAGENET1K_V2)"
-        )
     model = _REGISTRY[family](arg, cfg)
     model.spec = cfg.name
     return model.eval().requires_grad_(False)

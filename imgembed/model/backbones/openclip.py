@@ -3,17 +3,35 @@
 PRETRAINED is an open_clip tag (downloaded on a machine with network into the open_clip/Hugging
 Face cache, or ``$IMGEMBED_CACHE_DIR``) or the path of a local checkpoint file. Weights that
 cannot be had are an error: a CLIP model never falls back to random weights.
+
+Without network the error comes at once: when ``HF_HUB_OFFLINE`` is set, or one short connection
+attempt to the Hub fails, the model is loaded in the Hub's offline mode (cached weights load, absent
+ones fail without the Hub client's retries) and open_clip's own error log is left out, so the user
+reads one error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+from contextlib import contextmanager
+from urllib.parse import urlparse
 
 import torch
 
 from imgembed.config import BackboneCfg
 from imgembed.ingest.preprocess import Preprocess
-from imgembed.model.backbones import Backbone, BackboneError, mostly_convolutional, register, state_fingerprint
+from imgembed.model.backbones import (
+    Backbone,
+    BackboneError,
+    did_you_mean,
+    mostly_convolutional,
+    register,
+    state_fingerprint,
+)
+
+PROBE_TIMEOUT_S = 3.0  # one connection attempt to the Hub before a download; refused at once when offline
 
 HOW_TO_SUPPLY = (
     "Download the weights on a machine with network (they are cached under ~/.cache/huggingface, "
@@ -67,6 +85,65 @@ def _preprocess_of(model: torch.nn.Module) -> Preprocess:
     )
 
 
+def _hub_offline_reason() -> str | None:
+    """Why the Hugging Face Hub cannot be used now (offline mode, or one failed connection), or None."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{host} cannot be reached: {e.strerror or e}"
+    return None
+
+
+@contextmanager
+def _hub_offline(on: bool):
+    """The Hub client in offline mode while ``on``: cached files only, no connection, no retries."""
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = old or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+class _DropOpenClipErrors(logging.Filter):
+    """open_clip logs its loading errors before raising them: the error raised says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname or record.levelno < logging.ERROR
+
+
+@contextmanager
+def _quiet_open_clip():
+    drop, root = _DropOpenClipErrors(), logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _check_names(open_clip, arch: str, pretrained: str) -> None:
+    """An unknown architecture or tag (not a file) raises ValueError with the nearest known one."""
+    if arch not in open_clip.list_models():
+        near = did_you_mean(arch, open_clip.list_models())
+        raise ValueError(f"unknown open_clip architecture '{arch}'"
+                         + (f"; did you mean open_clip:{near}:{pretrained}?" if near else "")
+                         + " (open_clip.list_models() lists them)")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not open_clip.get_pretrained_cfg(arch, pretrained) and not os.path.isfile(pretrained):
+        near = did_you_mean(pretrained, tags)
+        raise ValueError(f"'{pretrained}' is neither a weights tag of open_clip {arch} nor a file"
+                         + (f"; did you mean open_clip:{arch}:{near}?" if near else ".")
+                         + f" Tags known for {arch}: {', '.join(tags) or 'none'}")
+
+
 @register("open_clip")
 def _factory(arg: str, cfg: BackboneCfg) -> Backbone:
     try:
@@ -90,14 +167,23 @@ def _factory(arg: str, cfg: BackboneCfg) -> Backbone:
         if pretrained.startswith(("/", ".", "~")) and not os.path.isfile(os.path.expanduser(pretrained)):
             raise BackboneError(f"open_clip weights file not found: {pretrained}")
         pretrained = os.path.expanduser(pretrained)
+        _check_names(open_clip, arch, pretrained)
+    local = pretrained is not None and os.path.isfile(pretrained)
+    offline = None if local else _hub_offline_reason()
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) if arch else ""
     try:
-        model, _, _ = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, cache_dir=os.environ.get("IMGEMBED_CACHE_DIR"),
-        )
-        tokenizer = open_clip.get_tokenizer(model_name)
+        with _hub_offline(bool(offline) or local), _quiet_open_clip():
+            model, _, _ = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, cache_dir=os.environ.get("IMGEMBED_CACHE_DIR"),
+            )
+            tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as e:  # the library raises several types for "cannot get weights"
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) if arch else ""
+        if offline:
+            raise BackboneError(
+                f"the weights of open_clip:{arg} are not on this machine and cannot be downloaded now "
+                f"({offline}). " + HOW_TO_SUPPLY.format(arch=arch, tags=tags or "none")) from e
         raise BackboneError(
             f"could not load open_clip '{arg}': {e}. " + HOW_TO_SUPPLY.format(arch=arch, tags=tags or "none")
         ) from e
     return OpenClip(model.eval(), tokenizer, _preprocess_of(model))
+

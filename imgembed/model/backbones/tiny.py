@@ -32,6 +32,6 @@ class TinyCNN(Backbone):
         return gem(self.net(x))  # (B, dim)
 
 
-@register("test-tiny")
+@register("test-tiny", listed=False)
 def _factory(arg: str, cfg: BackboneCfg) -> Backbone:
     return TinyCNN(int(arg) if arg else 32)
