@@ -230,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     from imgembed.ingest.cpu import budget
     from imgembed.model.embedder import Embedder
 
-    share = budget(workers=a.workers)
+    share = budget(workers=a.workers)  # as `imgembed index` would split the cores now
     workers = share.workers
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(share.threads)
     reader_cfg = ReaderCfg()
     items = list(fs.iter_image_paths(a.folder, reader_cfg))
     if not items:

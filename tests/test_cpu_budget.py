@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,32 @@ def test_embedding_runs_on_the_budgeted_threads_and_restores_them(tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting wins
     seen = [torch.get_num_threads() for _ in pipeline.embed_files(items, emb, ReaderCfg(), EmbedCfg(batch_size=2))]
     assert seen == [2, 2, 2]
+
+
+SPIN = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass\n"
+
+
+def test_own_cpu_time_counts_the_live_children():
+    before = cpu._own_ticks()
+    child = subprocess.Popen([sys.executable, "-c", SPIN.format(s=1.5) + "time.sleep(5)"])
+    try:
+        time.sleep(2.5)  # the child has spun 1.5 s and sleeps, alive
+        assert cpu._own_ticks() - before >= 100  # clock ticks (100 a second): 1.5 s of the child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_watch_sees_other_programs_and_not_this_one():
+    watch = cpu.CoreWatch()
+    # a process that is not our child (its parent exits at once): another program
+    subprocess.run(["sh", "-c", f"{sys.executable} -c '{SPIN.format(s=1.5)}' &"], check=True)
+    time.sleep(1.2)
+    assert watch.others_busy() >= 0.6
+    time.sleep(0.5)
+    watch.others_busy()
+    busy0, total0 = cpu._cpu_times(watch.cpus)
+    exec(SPIN.format(s=1.0))  # this process keeps a core busy itself
+    busy1, total1 = cpu._cpu_times(watch.cpus)
+    everyone = len(watch.cpus) * (busy1 - busy0) / (total1 - total0)
+    assert everyone - watch.others_busy() >= 0.7  # our own core is not counted as another program's

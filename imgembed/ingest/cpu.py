@@ -16,6 +16,7 @@ workers split them, and the process settings that keep those cores on the photos
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -108,6 +109,51 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     if second is None or second[1] <= first[1]:
         return 0.0
     return len(cpus) * (second[0] - first[0]) / (second[1] - first[1])
+
+
+def _own_ticks() -> float | None:
+    """Clock ticks of CPU this process has used: its threads, its live children (the decode workers)
+    and the children it has reaped."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = sum(float(v) for v in fields[11:15])  # utime stime cutime cstime
+        kids = set()
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(f.read().split())
+    except (OSError, IndexError, ValueError):
+        return None
+    for pid in kids:
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/stat") as f:
+            ticks += sum(float(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+    return ticks
+
+
+class CoreWatch:
+    """How many of this process's cores other programs kept busy since the last look, while this
+    process works too (its own CPU time, decode workers included, is taken out)."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            self.cpus = set(range(os.cpu_count() or 1))
+        self.cores = min(len(self.cpus), usable_cores())
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        times, own = _cpu_times(self.cpus), _own_ticks()
+        return None if times is None or own is None else (*times, own)
+
+    def others_busy(self) -> float | None:
+        """Cores other programs kept busy since the last call (None where /proc cannot tell)."""
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        others = (now[0] - last[0]) - (now[2] - last[2])
+        return max(0.0, len(self.cpus) * others / (now[1] - last[1]))
 
 
 class Budget(NamedTuple):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator, NamedTuple, Sequence
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -63,8 +64,10 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
     workers = share.workers
     logger.info("%d of %d cores free: %d model threads, %d decode workers", share.free, share.cores,
                 share.threads, workers)
-    with model_threads(share.threads if embedder.device.type == "cpu" else None):
-        yield from _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw)
+    with model_threads(share.threads if embedder.device.type == "cpu" else None) as retune:
+        for b in _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw):
+            retune()
+            yield b
 
 
 def _embed_batches(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_cfg: ReaderCfg,
@@ -83,16 +86,36 @@ def _embed_batches(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reade
         yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures, b.metas)
 
 
+# How often the model's threads are fitted again to the cores other programs leave free.
+RETUNE_SECONDS = 3.0
+
+
 @contextlib.contextmanager
-def model_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` for the block (None, or ``OMP_NUM_THREADS`` set: unchanged)."""
+def model_threads(threads: int | None) -> Iterator[Callable[[], None]]:
+    """torch's intra-op threads set to ``threads`` for the block (None, or ``OMP_NUM_THREADS`` set:
+    unchanged). The block calls what it is given between batches: every :data:`RETUNE_SECONDS` the
+    threads follow the cores that other programs left free meanwhile (one started or ended)."""
     if threads is None or "OMP_NUM_THREADS" in os.environ:
-        yield
+        yield lambda: None
         return
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    watch, last = cpu.CoreWatch(), time.monotonic()
+
+    def retune() -> None:
+        nonlocal last
+        if time.monotonic() - last < RETUNE_SECONDS:
+            return
+        last = time.monotonic()
+        busy = watch.others_busy()
+        if busy is not None:
+            now = cpu.budget(cores=watch.cores, busy=busy).threads
+            if now != torch.get_num_threads():
+                logger.info("other programs keep %.1f cores busy: %d model threads", busy, now)
+                torch.set_num_threads(now)
+
     try:
-        yield
+        yield retune
     finally:
         torch.set_num_threads(before)
 
