@@ -92,23 +92,18 @@ def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
 
 
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
-    """How many of this process's cores other programs keep busy, watched for ``seconds``
-    (call while this process is idle). Falls back to the load average where /proc/stat is missing."""
+    """How many of this process's cores other programs keep busy: over the time since this module
+    was imported (this process's own work taken out), or, when that is shorter than ``seconds``,
+    watched for that long. Falls back to the load average where /proc cannot tell."""
+    if time.monotonic() - _SINCE_IMPORT[1] < seconds:
+        time.sleep(seconds - (time.monotonic() - _SINCE_IMPORT[1]))
+    busy = _SINCE_IMPORT[0].others_busy()
+    if busy is not None:
+        return busy
     try:
-        cpus = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cpus = set(range(os.cpu_count() or 1))
-    first = _cpu_times(cpus)
-    if first is None:
-        try:
-            return min(float(len(cpus)), os.getloadavg()[0])
-        except OSError:
-            return 0.0
-    time.sleep(seconds)
-    second = _cpu_times(cpus)
-    if second is None or second[1] <= first[1]:
+        return min(float(usable_cores()), os.getloadavg()[0])
+    except OSError:
         return 0.0
-    return len(cpus) * (second[0] - first[0]) / (second[1] - first[1])
 
 
 def _own_ticks() -> float | None:
@@ -180,3 +175,7 @@ def budget(cores: int | None = None, busy: float | None = None, workers: int = -
     free = max(1, cores - max(0, taken))
     threads = free if model_on_cpu else 1
     return Budget(threads, free if workers < 0 else workers, cores, free)
+
+
+# Others' use of the cores is judged over the time since import (model build, scan), at no wait.
+_SINCE_IMPORT = (CoreWatch(), time.monotonic())
