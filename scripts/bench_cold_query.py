@@ -1,6 +1,6 @@
 """Where a cold ``imgembed search IMG`` spends its time, phase by phase, each in a fresh process.
 
-    python scripts/bench_cold_query.py [INDEX] [--query IMG] [--rounds 3]
+    python scripts/bench_cold_query.py [INDEX] [--query IMG] [--rounds 3] [--checkout DIR]
 
 INDEX defaults to an index of the 60 sample photos (assets/photos), built under /tmp on the first
 run. Prints the best of ``--rounds`` fresh processes for:
@@ -10,6 +10,7 @@ run. Prints the best of ``--rounds`` fresh processes for:
   search          ``imgembed search IMG`` on the index: the whole cold query
 and the phases inside one cold query (interpreter start, imports, index open, model build,
 the query: decode, embed, search), and whether ``--help`` and ``info`` imported torch.
+``--checkout DIR`` runs the same from another checkout (the commit before a change, say).
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ print(json.dumps(out))
 TORCH_CHECK = "import runpy, sys; sys.argv = ['imgembed'] + sys.argv[1:]\ntry:\n    runpy.run_module('imgembed.cli', run_name='__main__')\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)"
 
 
+CHECKOUT = [ROOT]  # the imgembed that the commands run: this one, or --checkout
+
+
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    return dict(os.environ, PYTHONPATH=str(CHECKOUT[0]))
 
 
 def best_wall(cmd: list[str], rounds: int) -> float:
@@ -87,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("index", nargs="?", type=Path)
     p.add_argument("--query", type=Path, help="query image (default: the first sample photo)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--checkout", type=Path, help="run the imgembed of this checkout instead")
     a = p.parse_args(argv)
+    if a.checkout:
+        CHECKOUT[0] = a.checkout.resolve()
     ix = a.index or demo_index()
     query = a.query or sorted(SAMPLES.rglob("*.jpg"))[0]
     cli = [sys.executable, "-m", "imgembed.cli"]
-    print(f"index {ix}; query {query}; best of {a.rounds} fresh processes; "
+    print(f"imgembed from {CHECKOUT[0]}; index {ix}; query {query}; best of {a.rounds} fresh processes; "
           f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     rows = [("interpreter (python -c pass)", best_wall([sys.executable, "-c", "pass"], a.rounds)),
             ("imgembed --help", best_wall([*cli, "--help"], a.rounds)),
