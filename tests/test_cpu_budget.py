@@ -163,3 +163,16 @@ def test_the_watch_sees_other_programs_and_not_this_one():
     busy1, total1 = cpu._cpu_times(watch.cpus)
     everyone = len(watch.cpus) * (busy1 - busy0) / (total1 - total0)
     assert everyone - watch.others_busy() >= 0.7  # our own core is not counted as another program's
+
+
+def test_an_old_window_of_the_cores_is_started_afresh(monkeypatch):
+    slept = []
+    monkeypatch.setattr(cpu.time, "sleep", slept.append)
+    cpu._WATCH.others_busy()
+    monkeypatch.setattr(cpu._WATCH, "since", cpu.time.monotonic() - 60)  # the window spans a minute
+    cpu.busy_cores(seconds=0.2)
+    assert slept and slept[-1] > 0.15  # watched anew rather than judged on the old minute
+    slept.clear()
+    monkeypatch.setattr(cpu._WATCH, "since", cpu.time.monotonic() - 3)  # recent and long enough
+    cpu.busy_cores(seconds=0.2)
+    assert slept == []

@@ -30,6 +30,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 KEEP_BYTES = 1 << 30
 # How long to watch the cores to see how busy other programs keep them.
 SAMPLE_SECONDS = 0.15
+# A window of the cores' use older than this is started afresh before it is trusted.
+STALE_SECONDS = 10.0
 # A core counts as taken when other programs keep it at least this busy.
 TAKEN = 0.5
 
@@ -92,12 +94,16 @@ def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
 
 
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
-    """How many of this process's cores other programs keep busy: over the time since this module
-    was imported (this process's own work taken out), or, when that is shorter than ``seconds``,
-    watched for that long. Falls back to the load average where /proc cannot tell."""
-    if time.monotonic() - _SINCE_IMPORT[1] < seconds:
-        time.sleep(seconds - (time.monotonic() - _SINCE_IMPORT[1]))
-    busy = _SINCE_IMPORT[0].others_busy()
+    """How many of this process's cores other programs keep busy: over the time since the last look
+    (since this module was imported, at first: the model build and the scan), this process's own
+    work taken out; a window shorter than ``seconds`` is watched that long, and one older than
+    :data:`STALE_SECONDS` is started afresh. Falls back to the load average where /proc cannot tell."""
+    if time.monotonic() - _WATCH.since > STALE_SECONDS:  # says little about now
+        _WATCH.others_busy()
+    age = time.monotonic() - _WATCH.since
+    if age < seconds:
+        time.sleep(seconds - age)
+    busy = _WATCH.others_busy()
     if busy is not None:
         return busy
     try:
@@ -135,6 +141,7 @@ class CoreWatch:
         except (AttributeError, OSError):
             self.cpus = set(range(os.cpu_count() or 1))
         self.cores = min(len(self.cpus), usable_cores())
+        self.since = time.monotonic()  # start of the current window
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, float, float] | None:
@@ -144,7 +151,7 @@ class CoreWatch:
     def others_busy(self) -> float | None:
         """Cores other programs kept busy since the last call (None where /proc cannot tell)."""
         now, last = self._sample(), self._last
-        self._last = now
+        self._last, self.since = now, time.monotonic()
         if now is None or last is None or now[1] <= last[1]:
             return None
         others = (now[0] - last[0]) - (now[2] - last[2])
@@ -177,5 +184,6 @@ def budget(cores: int | None = None, busy: float | None = None, workers: int = -
     return Budget(threads, free if workers < 0 else workers, cores, free)
 
 
-# Others' use of the cores is judged over the time since import (model build, scan), at no wait.
-_SINCE_IMPORT = (CoreWatch(), time.monotonic())
+# Others' use of the cores is judged over the time since the last look (at first since import: the
+# model build, the scan), at no wait.
+_WATCH = CoreWatch()
