@@ -5,6 +5,12 @@ Data flow: :mod:`imgembed.ingest.fs` finds files -> :mod:`imgembed.ingest.reader
 :mod:`imgembed.index.store` keeps vectors and metadata -> :mod:`imgembed.query.search` answers queries.
 """
 
+import os as _os
+
+# Before anything imports torch: OpenMP threads that wait for work sleep instead of spinning on a
+# core that the other threads, the decode workers or other programs need (imgembed.ingest.cpu).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 __all__ = ["open_index", "open_folder", "Filters"]

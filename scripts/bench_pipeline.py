@@ -2,6 +2,7 @@
 
     python scripts/bench_pipeline.py FOLDER [--backbone open_clip:ViT-B-32:/path/weights.pt]
                                             [--repeat 3] [--clip-retrieval /tmp/cr-venv]
+                                            [--burner] [--against /path/to/other/checkout]
 
 Prints, for the photos in FOLDER:
   decode-only   images/s of the decode workers alone (read, hash, decode, resize; all cores)
@@ -11,6 +12,14 @@ Prints, for the photos in FOLDER:
   ceiling       on a CPU, where decoding and the model share the cores: 1 / (1/decode + 1/model);
                 with the model on a GPU: min(decode, model)
   end-to-end / ceiling
+  command       ``imgembed index`` itself on the same folder (a fresh process and index): the
+                images/s of its embedding loop and of the whole command, over the same ceiling
+For the loop and the command it also prints the kernel's share of the CPU time and the minor page
+faults per photo (``resource.getrusage``, decode workers included).
+
+``--burner`` measures the loop and the command again while a process keeps one core busy, and
+prints each throughput over its idle figure. ``--against DIR`` also runs ``imgembed index`` from
+the checkout at DIR (the commit before a change, say) in the same run, idle and with the burner.
 
 With ``--clip-retrieval VENV`` it also runs ``clip-retrieval inference`` from that venv (created
 with ``pip install clip-retrieval`` when missing) on the same folder, with the same open_clip
@@ -22,13 +31,56 @@ command (with their start-up).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Usage:
+    """CPU time of this process and its reaped children (decode workers, commands) between two points."""
+
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, int]:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime, me.ru_minflt + kids.ru_minflt
+
+    def line(self, photos: int, wall: float) -> str:
+        user, sys_, faults = (b - a for a, b in zip(self.start, self._now()))
+        return (f"kernel {100 * sys_ / max(user + sys_, 1e-9):4.1f}% of {user + sys_:.1f} s CPU "
+                f"({100 * (user + sys_) / max(wall, 1e-9):.0f}% of a core), "
+                f"{faults / max(photos, 1):,.0f} minor faults a photo")
+
+
+@contextlib.contextmanager
+def burner(on: bool):
+    """A process spinning on the last core of this process's affinity mask while the block runs."""
+    if not on:
+        yield
+        return
+    core = max(os.sched_getaffinity(0))
+    p = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        p.kill()
+        p.wait()
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
 
 
 def decode_only(items, pre, reader_cfg, batch_size, workers, repeat, device) -> float:
@@ -88,11 +140,12 @@ def precision_cosines(embedder, items, reader_cfg, n: int = 64) -> dict[str, tup
     return out
 
 
-def end_to_end(folder, job_cfg, embedder, repeat) -> tuple[float, float]:
-    """(images/s inside the indexing loop, images/s of the whole index run incl. publish)."""
+def end_to_end(folder, job_cfg, embedder, repeat) -> tuple[float, float, str]:
+    """(images/s inside the indexing loop, images/s of the whole index run incl. publish, CPU use)."""
     from imgembed.indexer import index_folder
 
     n = loop_s = run_s = 0.0
+    use = Usage()
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
@@ -100,7 +153,25 @@ def end_to_end(folder, job_cfg, embedder, repeat) -> tuple[float, float]:
             run_s += time.perf_counter() - t
             n += s.indexed
             loop_s += s.embed_seconds
-    return n / loop_s, n / run_s
+    return n / loop_s, n / run_s, use.line(int(n), run_s)
+
+
+def command(checkout: Path, folder: Path, backbone: str, extra: list[str]) -> tuple[float, float, str]:
+    """(images/s of the embedding loop it reports, images/s of the whole command, CPU use) of
+    ``imgembed index`` run from ``checkout`` on a fresh index, in a process of its own."""
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, PYTHONPATH=str(checkout))
+        cmd = [sys.executable, "-m", "imgembed.cli", "index", str(folder), "--index", f"{d}/ix",
+               "--backbone", backbone, "--no-progress", *extra]
+        use = Usage()
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=d)
+        wall = time.perf_counter() - t
+    m = re.search(r"indexed (\d+),.*?([\d.]+) images/s embedding", r.stdout, re.S)
+    if r.returncode or not m:
+        raise RuntimeError(f"imgembed index failed (exit {r.returncode}): {r.stderr[-2000:]}")
+    n = int(m.group(1))
+    return float(m.group(2)), n / wall, use.line(n, wall)
 
 
 def clip_retrieval(venv: Path, folder: Path, arch: str, weights: str, batch_size: int,
@@ -144,17 +215,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile the backbone; auto decides as `imgembed index` would for this folder")
     p.add_argument("--precision-check", action="store_true",
                    help="print the cosine of bf16 (and fp16 on CUDA) embeddings to fp32 ones")
+    p.add_argument("--burner", action="store_true",
+                   help="measure again with a process keeping one core busy; print the ratio to idle")
+    p.add_argument("--against", type=Path, metavar="DIR",
+                   help="also time `imgembed index` from the checkout at DIR, in the same run")
     p.add_argument("--clip-retrieval", type=Path, metavar="VENV",
                    help="also run clip-retrieval inference from this venv (open_clip backbones)")
     a = p.parse_args(argv)
 
     import torch
 
-    from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg, resolve_workers
+    from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg, ReaderCfg
     from imgembed.ingest import fs
+    from imgembed.ingest.cpu import budget
     from imgembed.model.embedder import Embedder
 
-    workers = resolve_workers(a.workers)
+    share = budget(workers=a.workers)  # as `imgembed index` would split the cores now
+    workers = share.workers
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(share.threads)
     reader_cfg = ReaderCfg()
     items = list(fs.iter_image_paths(a.folder, reader_cfg))
     if not items:
@@ -166,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     a.batch_size = embedder.batch_size(a.batch_size)
     print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
           f"({embedder.dtype}); batch {a.batch_size}; {workers} decode workers; "
-          f"{torch.get_num_threads()} model threads; {os.cpu_count()} CPUs; model built in {build_s:.1f} s")
+          f"{share.threads} model threads; {share.free} of {share.cores} cores free; {load()}; "
+          f"model built in {build_s:.1f} s")
     eager_mod = None
     if embedder.plan(len(items)):
         eager_mod = model_only(Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device), compile="off"),
@@ -176,20 +256,41 @@ def main(argv: list[str] | None = None) -> int:
                                    dtype=torch.uint8, device=embedder.device))
         print(f"torch.compile (--compile {a.compile}): compiled in {time.perf_counter() - t:.1f} s "
               "(less when torch's kernel cache already holds it)", flush=True)
-    job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone), embed=EmbedCfg(a.batch_size, a.workers),
-                      reader=reader_cfg)
+    job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone, compile=a.compile),
+                      embed=EmbedCfg(a.batch_size, a.workers), reader=reader_cfg)
+    extra = ["--batch-size", str(a.batch_size), "--compile", a.compile, "--device", a.device]
 
     dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
-    print(f"decode-only   {dec:9.1f} images/s", flush=True)
+    print(f"decode-only   {dec:9.1f} images/s ({load()})", flush=True)
     mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
     print(f"model-only    {mod:9.1f} images/s" + (f" compiled; {eager_mod:.1f} without compiling "
-          f"({mod / eager_mod:.2f}x)" if eager_mod else ""), flush=True)
-    loop, run = end_to_end(a.folder, job, embedder, a.repeat)
+          f"({mod / eager_mod:.2f}x)" if eager_mod else "") + f" ({load()})", flush=True)
     ceiling = min(dec, mod) if on_gpu else 1 / (1 / dec + 1 / mod)
-    print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
-          f"(scan, publish; model already built)")
     print(f"ceiling       {ceiling:9.1f} images/s = " + ("min(decode, model)" if on_gpu else "1/(1/decode + 1/model)"))
-    print(f"end-to-end / ceiling  {loop / ceiling:.2f}")
+    runs = [("idle", False)] + ([("burner", True)] if a.burner else [])
+    loops, whole, cmds, theirs = {}, {}, {}, {}
+    for name, burn in runs:
+        with burner(burn):
+            loop, run, use = end_to_end(a.folder, job, embedder, a.repeat)
+            loops[name], whole[name] = loop, run
+            print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
+                  f"(scan, publish; model already built); / ceiling {loop / ceiling:.2f}  [{name}, {load()}]")
+            print(f"              {use}", flush=True)
+            c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, extra)
+            cmds[name] = c_loop
+            print(f"imgembed index {c_loop:8.1f} images/s in its loop; {c_run:.1f} for the whole command "
+                  f"(start-up, model build); loop / ceiling {c_loop / ceiling:.2f}  [{name}, {load()}]")
+            print(f"              {c_use}", flush=True)
+            if a.against:
+                o_loop, o_run, o_use = command(a.against.resolve(), a.folder, a.backbone, extra)
+                theirs[name] = o_loop
+                print(f"  from {a.against}: {o_loop:.1f} images/s in its loop; {o_run:.1f} for the whole "
+                      f"command; ours / that {c_loop / o_loop:.2f}x  [{name}, {load()}]")
+                print(f"              {o_use}", flush=True)
+    if a.burner:
+        print(f"with one core busy / idle: loop {loops['burner'] / loops['idle']:.2f}, "
+              f"imgembed index {cmds['burner'] / cmds['idle']:.2f}"
+              + (f", {a.against} {theirs['burner'] / theirs['idle']:.2f}" if a.against else ""))
 
     if a.precision_check:
         for dt, (mean, low) in precision_cosines(embedder, items, reader_cfg).items():
@@ -202,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("--clip-retrieval needs --backbone open_clip:ARCH:/path/to/local/weights")
         theirs_loop, theirs_run, n = clip_retrieval(a.clip_retrieval, a.folder, arch, os.path.abspath(weights),
                                                     a.batch_size, workers)
+        loop, run = loops["idle"], whole["idle"]
         ours_run_cold = len(items) / (build_s + len(items) / run)
         print(f"clip-retrieval {theirs_loop:8.1f} images/s in its loop; {theirs_run:.1f} for the whole "
               f"command ({n} images)")

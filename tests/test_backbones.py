@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,36 @@ def test_text_on_image_only_backbone_explains():
     assert not bb.has_text
     with pytest.raises(BackboneError, match="no text encoder"):
         bb.encode_text(["hat"])
+
+
+def test_efficientnet_lite0_is_timms_network_output_for_output():
+    """The network written out in imgembed is timm's efficientnet_lite0: same tensors, same outputs."""
+    import timm
+
+    from imgembed.model.backbones.efficientnet import Lite0Net
+
+    torch.manual_seed(0)
+    ref = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    with torch.no_grad():  # BN statistics away from 0/1, so that a misplaced norm would show
+        for name, t in ref.state_dict().items():
+            if "running" in name or name.endswith((".weight", ".bias")) and t.dim() == 1:
+                t.copy_(torch.rand_like(t) + 0.5)
+    ours = Lite0Net().eval()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
+        [(k, v.shape) for k, v in ref.state_dict().items()]
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(ours.forward_features(x), ref.forward_features(x), rtol=1e-5, atol=1e-5)
+        assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_building_the_default_backbone_imports_no_timm():
+    import subprocess
+    import sys
+
+    code = ("import sys; from imgembed.config import BackboneCfg; from imgembed.model.backbones import create_backbone; "
+            "create_backbone(BackboneCfg()); print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgembed.config import COMPILE_MODES, PRECISIONS, BackboneCfg, check_choice, check_device
+from imgembed.ingest.cpu import keep_freed_memory
 from imgembed.model.backbones import Backbone, create_backbone
 from imgembed.model.head import ProjectionHead, check_fits, load_head
 
@@ -102,6 +103,7 @@ class Embedder:
         if head is not None:
             check_fits(head, backbone)
         self.device = pick_device(device)
+        keep_freed_memory()  # activations are large blocks: mapping them afresh each batch costs the kernel
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)
         # NHWC: faster convolutions on CPUs and GPUs; for ViTs only copies, which made them slower (README)

@@ -9,14 +9,17 @@ and embedding with its actors: :func:`imgembed.ingest.loader.iter_batches` in it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Iterator, NamedTuple, Sequence
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from imgembed.config import EmbedCfg, ReaderCfg, resolve_workers
+from imgembed.config import EmbedCfg, ReaderCfg
+from imgembed.ingest import cpu
 from imgembed.ingest.gpu_decode import gpu_decode_available
 from imgembed.ingest.loader import iter_batches, raw_batch_cap
 from imgembed.model.embedder import Embedder
@@ -48,12 +51,27 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
     """Embed ``(key, absolute path)`` items in order, a batch at a time; bad files come back as failures.
 
     With ``compile="auto"`` the embedder decides here, from the number of files, whether to compile.
+    The model's threads and the decode workers share the cores other programs leave free
+    (:func:`imgembed.ingest.cpu.budget`); ``OMP_NUM_THREADS``, when set, decides the threads.
     """
     if not items:
         return
     embedder.plan(len(items))
     batch_size = embedder.batch_size(embed_cfg.batch_size)
-    workers = resolve_workers(embed_cfg.workers)
+    # watching the cores takes a moment: not worth it for a single batch
+    share = cpu.budget(busy=None if len(items) > batch_size else 0.0, workers=embed_cfg.workers,
+                       model_on_cpu=embedder.device.type == "cpu")
+    workers = share.workers
+    logger.info("%d of %d cores free: %d model threads, %d decode workers", share.free, share.cores,
+                share.threads, workers)
+    with model_threads(share.threads if embedder.device.type == "cpu" else None) as retune:
+        for b in _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw):
+            retune()
+            yield b
+
+
+def _embed_batches(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_cfg: ReaderCfg,
+                   batch_size: int, workers: int, raw: bool) -> Iterator[EmbeddedBatch]:
     on_gpu = embedder.device.type == "cuda"
     decode_on_gpu = gpu_decode_available(embedder.device)
     if decode_on_gpu:  # batches carry file bytes: keep those in flight within memory
@@ -66,6 +84,40 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
     for b in batches:
         vectors = embed_pixels(embedder, b.pixels, raw) if b.keys else np.zeros((0, 0), np.float32)
         yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures, b.metas)
+
+
+# How often the model's threads are fitted again to the cores other programs leave free.
+RETUNE_SECONDS = 3.0
+
+
+@contextlib.contextmanager
+def model_threads(threads: int | None) -> Iterator[Callable[[], None]]:
+    """torch's intra-op threads set to ``threads`` for the block (None, or ``OMP_NUM_THREADS`` set:
+    unchanged). The block calls what it is given between batches: every :data:`RETUNE_SECONDS` the
+    threads follow the cores that other programs left free meanwhile (one started or ended)."""
+    if threads is None or "OMP_NUM_THREADS" in os.environ:
+        yield lambda: None
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    watch, last = cpu.CoreWatch(), time.monotonic()
+
+    def retune() -> None:
+        nonlocal last
+        if time.monotonic() - last < RETUNE_SECONDS:
+            return
+        last = time.monotonic()
+        busy = watch.others_busy()
+        if busy is not None:
+            now = cpu.budget(cores=watch.cores, busy=busy).threads
+            if now != torch.get_num_threads():
+                logger.info("other programs keep %.1f cores busy: %d model threads", busy, now)
+                torch.set_num_threads(now)
+
+    try:
+        yield retune
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mean_file_bytes(items: Sequence[tuple[Any, bytes]]) -> float:
