@@ -270,3 +270,26 @@ def test_photos_added_while_turning_it_off_and_a_lost_projection_file(tmp_path, 
     vec = stored(ix)
     assert len(vec) == 33 and {len(v) for v in vec.values()} == {32}
     assert Snapshot(ix).index.ntotal == 33
+
+
+def test_copy_candidates_come_from_the_models_own_features(tmp_path, small):
+    """The duplicate finder proposes pairs by the model's features, not by the projection (which
+    gathers look-alikes and so pushes a crop of a photo down its list)."""
+    from imgembed.query.collection import neighbour_graph_of
+    from imgembed.query.duplicates import neighbour_graph
+
+    folder = tmp_path / "p"
+    write_photos(folder, 30)
+    ix = tmp_path / "ix"
+    index_folder(folder, ix, tiny_cfg())
+    snap = Snapshot(ix)
+    with snap.read():
+        ids = snap.visible_ids()
+        raw_ids, raw = snap.raw_vectors_array(ids)
+        _, projected = snap.vectors_array(ids)
+    assert raw.shape == (30, 32) and projected.shape == (30, 8)
+    got = neighbour_graph_of(snap, k=3, model_features=True)
+    want = neighbour_graph(raw_ids, raw, k=3)
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.nbr, want.nbr)
+    plain = neighbour_graph_of(snap, k=3)  # everything else keeps to the index's own space
+    np.testing.assert_array_equal(plain.nbr, neighbour_graph(ids, projected, k=3).nbr)

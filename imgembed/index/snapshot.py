@@ -176,6 +176,19 @@ class Snapshot:
         # (a vector of another size is one a writer has just projected anew: not this generation's)
         return {r[0]: np.frombuffer(r[1], dtype=np.float32).reshape(dim) for r in rows if len(r[1]) == 4 * dim}
 
+    def raw_vectors_array(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, the model's own unit features (n, raw dim))`` of an index that projects them
+        (imgembed.index.reproject); None for any other index."""
+        projection = self.manifest.get("projection")
+        if not projection:
+            return None
+        dim = int(projection["raw"]["dim"])
+        rows = [r for r in select_in(self.con, "SELECT f.id, r.vec FROM files f JOIN raw r ON r.hash=f.hash "
+                                               "WHERE f.id IN ({marks})", (int(i) for i in ids)) if len(r[1]) == 2 * dim]
+        x = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16).reshape(len(rows), dim).astype(np.float32)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return np.array([r[0] for r in rows], dtype=np.int64), x
+
     def vectors_array(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors (n, dim))`` of those ``ids`` whose vectors are stored (a writer may purge some)."""
         found = self.vectors(np.asarray(ids).tolist())

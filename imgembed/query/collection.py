@@ -93,10 +93,19 @@ EXACT_GRAPH_MAX = 50_000
 GRAPH_CHUNK = 10_000
 
 
-def neighbour_graph_of(snapshot: Snapshot, k: int = 8) -> NeighbourGraph:
-    """Each photo's ``k`` nearest other photos in one published generation of an index."""
+def neighbour_graph_of(snapshot: Snapshot, k: int = 8, model_features: bool = False) -> NeighbourGraph:
+    """Each photo's ``k`` nearest other photos in one published generation of an index.
+
+    ``model_features``: of an index that projects its features (imgembed.index.reproject), judged on
+    the model's own features, up to :data:`EXACT_GRAPH_MAX` photos. A copy detector asks for them:
+    a projection fitted to gather photos of one kind of subject draws a crop of a photo no
+    closer to it than to its look-alikes.
+    """
     with snapshot.read():  # the ids, vectors and FAISS index of one generation
         ids = snapshot.visible_ids()
+        raw = snapshot.raw_vectors_array(ids) if model_features and len(ids) <= EXACT_GRAPH_MAX else None
+        if raw is not None and len(raw[0]) == len(ids):
+            return neighbour_graph(*raw, k=k)
         if len(ids) <= EXACT_GRAPH_MAX or snapshot.index is None:
             return neighbour_graph(*snapshot.vectors_array(ids), k=k)
         index = snapshot.index

@@ -217,8 +217,8 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
             edges.add(a, b, preset.kind, f"hash distance {d}/256")
         elif d <= preset.verify_distance:
             candidates[(a, b)] = d
-    if preset.inliers:
-        graph = neighbour_graph_of(snapshot, k=NEIGHBOURS)
+    if preset.inliers:  # (proposed by the model's own features: a projection blurs crops into look-alikes)
+        graph = neighbour_graph_of(snapshot, k=NEIGHBOURS, model_features=True)
         pos = {int(i): p for p, i in enumerate(ids.tolist())}
         for r, i in enumerate(graph.ids.tolist()):
             a = pos.get(i)
