@@ -525,8 +525,8 @@ class StoreWriter:
                 return None
             plan = reproject.plan(self.con, self._tx, self.gen, mode, live, raw_identity(self.manifest),
                                   self.projection)
-        old_files = [n for n in (self.manifest.get("head"), ) if n and self.projection]
-        old_files += [n.replace(".safetensors", ".json") for n in old_files]
+        old = self.manifest.get("head") if self.projection else None  # the projection's files this replaces
+        old_files = [old, old.replace(".safetensors", ".json")] if old else []
         self._record(*plan.files)
         for name, data in plan.files.items():
             self._write_file(self.dir / name, data)
