@@ -25,5 +25,10 @@ class BackboneError(RuntimeError):
     """A backbone cannot be built: unknown name, or weights that cannot be had."""
 
 
+def no_text_encoder(spec: str) -> BackboneError:
+    return BackboneError(f"backbone '{spec}' has no text encoder; text search needs a CLIP backbone "
+                         "such as open_clip:ViT-B-32:laion2b_s34b_b79k")
+
+
 class HeadError(RuntimeError):
     """A head file is missing, malformed, or does not fit the backbone."""

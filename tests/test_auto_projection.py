@@ -10,9 +10,10 @@ import pytest
 from helpers import ASSETS, tiny_cfg, write_photos
 from PIL import Image
 
+from imgembed import head_file
 from imgembed.cli import main
 from imgembed.config import BackboneCfg, IndexCfg
-from imgembed.index import head_file, projection, reproject
+from imgembed.index import projection, reproject
 from imgembed.index.format import DB, MANIFEST, StoreError, read_manifest
 from imgembed.index.snapshot import Snapshot
 from imgembed.index.store import StoreWriter

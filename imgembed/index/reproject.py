@@ -19,8 +19,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from imgembed import head_file
 from imgembed.identity import IDENTITY_KEYS
-from imgembed.index import head_file, projection
+from imgembed.index import projection
 from imgembed.index.format import projection_names, read_meta, select_in, visible
 
 # What the manifest says about the vectors' space; the database keeps a copy ('projection' in

@@ -293,13 +293,18 @@ _MAX_RESIZE_RATIO = 4
 
 
 def to_tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | None = None) -> torch.Tensor:
+    """:func:`to_array` as a tensor: uint8 (3, size, size)."""
+    import torch  # here, not at the top: reading headers and metadata needs no torch
+
+    return torch.from_numpy(to_array(im, pre, covered))
+
+
+def to_array(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | None = None) -> np.ndarray:
     """Resize the shorter side to ``pre.resize``, centre-crop ``pre.size``: uint8 (3, size, size).
 
     ``covered``: the part of ``im`` (from its top-left corner) that the photo covers, when it was
     reduced and its last row and column stand for partial blocks.
     """
-    import torch  # here, not at the top: reading headers and metadata needs no torch
-
     w, h = covered or im.size
     scale = pre.resize / min(w, h)
     nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))
@@ -312,7 +317,7 @@ def to_tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | N
     else:
         im = im.resize((nw, nh), _INTERP[pre.interpolation], box=(0, 0, w, h), reducing_gap=3.0)
         im = im.crop((left, top, left + pre.size, top + pre.size))
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return np.ascontiguousarray(np.array(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg) -> Decoded:
@@ -348,15 +353,17 @@ def read_metadata(path: str | bytes, cfg: ReaderCfg) -> PhotoMeta:
         return PhotoMeta()
 
 
-def _tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | None = None) -> torch.Tensor:
+def _tensor(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | None = None,
+            array: bool = False) -> torch.Tensor | np.ndarray:
     try:
-        return to_tensor(im, pre, covered)
+        return to_array(im, pre, covered) if array else to_tensor(im, pre, covered)
     except (MemoryError, ValueError, OSError) as e:
         raise ImageSkipped(f"cannot resize {im.size[0]}x{im.size[1]} image: {type(e).__name__}: {e}") from e
 
 
-def decode_query(data: bytes, pre: Preprocess, cfg: ReaderCfg) -> torch.Tensor:
-    """Decode an uploaded image (bytes) into ``uint8 (1, 3, size, size)``. Raises ImageSkipped.
+def decode_query(data: bytes, pre: Preprocess, cfg: ReaderCfg, array: bool = False) -> torch.Tensor | np.ndarray:
+    """Decode an uploaded image (bytes) into ``uint8 (1, 3, size, size)``, a tensor (a numpy array
+    with ``array``: no torch needed). Raises ImageSkipped.
 
     ``cfg``: normally :func:`imgembed.config.query_reader_cfg` (a lower pixel limit than indexing)."""
     if not data:
@@ -364,4 +371,4 @@ def decode_query(data: bytes, pre: Preprocess, cfg: ReaderCfg) -> torch.Tensor:
     if len(data) > cfg.max_bytes:
         raise ImageSkipped(f"file is {len(data) / 2**20:.0f} MiB, above the {cfg.max_bytes / 2**20:.0f} MiB limit")
     im, _, covered = _decode(data, cfg, draft_to=pre.resize, option="for a query image; shrink it first")
-    return _tensor(im, pre, covered)[None]
+    return _tensor(im, pre, covered, array)[None]

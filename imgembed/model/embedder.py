@@ -236,8 +236,10 @@ class Embedder:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Raw backbone features ``float32 (B, backbone.dim)`` for ``uint8 (B, 3, H, W)`` pixels."""
+        if isinstance(pixels, np.ndarray):
+            pixels = torch.from_numpy(pixels)
         n = len(pixels)
         if self._fixed_batch is None:
             self._fixed_batch = max(n, 1)
@@ -258,7 +260,7 @@ class Embedder:
             return self.head(feats)
         return F.normalize(feats, dim=-1)
 
-    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+    def embed(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """``uint8 (B, 3, H, W)`` -> ``float32 (B, dim)`` unit vectors."""
         return self.project(self.features(pixels)).cpu().numpy().astype(np.float32, copy=False)
 

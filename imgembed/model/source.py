@@ -18,6 +18,7 @@ from imgembed.identity import IDENTITY_KEYS, check_identity, raw_identity
 
 if TYPE_CHECKING:  # built only when something is embedded: a job that embeds nothing imports no torch
     from imgembed.model.embedder import Embedder
+    from imgembed.model.onnx_embedder import OnnxEmbedder
 
 
 class EmbedderSource:
@@ -72,8 +73,19 @@ def same_by_name(recorded: dict, cfg: BackboneCfg, head: str | None) -> bool:
     return recorded.get("head_fingerprint") == head_fp
 
 
-def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder:
-    """Rebuild the embedder an index was made with (its backbone, pooling and head), checked against it."""
+def embedder_for(manifest: dict, index_dir: str | Path, device: str = "auto") -> Embedder | OnnxEmbedder:
+    """Rebuild the embedder an index was made with (its backbone, pooling and head), checked against it.
+
+    On the CPU, an image-only backbone that an index job exported on this machine runs on ONNX Runtime
+    (:mod:`imgembed.model.onnx_embedder`), without importing torch (text backbones are never exported:
+    a text query needs torch)."""
+    if device in ("auto", "cpu"):
+        from imgembed.model.onnx_embedder import onnx_embedder_for
+
+        fast = onnx_embedder_for(manifest, index_dir)
+        if fast is not None:
+            check_identity(manifest, fast.identity(), index_dir)
+            return fast
     from imgembed.model.backbones import create_backbone
     from imgembed.model.embedder import Embedder
     from imgembed.model.head import load_head

@@ -18,8 +18,9 @@ from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import ImageSkipped, content_hash, decode_query, read_bytes
 from imgembed.model.source import embedder_for
 
-if TYPE_CHECKING:  # the model (and torch) is loaded on the first query that needs it
+if TYPE_CHECKING:  # the model (and torch, unless it runs on ONNX Runtime) is loaded on the first query that needs it
     from imgembed.model.embedder import Embedder
+    from imgembed.model.onnx_embedder import OnnxEmbedder
 
 
 class Query(NamedTuple):
@@ -101,7 +102,7 @@ class Searcher:
             check_identity(self.snapshot.manifest, embedder.identity(), self.dir)
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> Embedder | OnnxEmbedder:
         m = self.snapshot.manifest
         if self._own and self._embedder is not None and self._built_for != m.get("head_fingerprint"):
             self._embedder = None  # the index fitted its projection anew (imgembed.index.reproject)
@@ -113,10 +114,8 @@ class Searcher:
     def warm_up(self) -> None:
         """Build the model now (raising here if it does not match the index) and run it once: the
         first call of a model is several times slower than the next."""
-        import torch
-
         pre = self.embedder.preprocess
-        self.embedder.embed(torch.zeros((1, 3, pre.size, pre.size), dtype=torch.uint8))
+        self.embedder.embed(np.zeros((1, 3, pre.size, pre.size), dtype=np.uint8))
 
     def info(self) -> IndexInfo:
         self.snapshot.refresh()
@@ -196,24 +195,22 @@ class Searcher:
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """``(1, dim)`` query vector for an uploaded image. Raises ImageSkipped for bad input."""
-        pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg)
+        pixels = decode_query(data, self.embedder.preprocess, self.reader_cfg, array=True)
         return self.embedder.embed(pixels)
 
     def embed_images(self, images: list[bytes], batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         """``(vectors (n_ok, dim), errors)`` for many query images at once: ``errors[i]`` is None when
         image ``i`` was embedded (its vector is the next row), else why it could not be."""
-        import torch
-
         pre = self.embedder.preprocess
         pixels, errors = [], []
         for data in images:
             try:
-                pixels.append(decode_query(data, pre, self.reader_cfg))
+                pixels.append(decode_query(data, pre, self.reader_cfg, array=True))
                 errors.append(None)
             except ImageSkipped as e:
                 errors.append(str(e))
         dim = self.snapshot.manifest["dim"]
-        vecs = [self.embedder.embed(torch.cat(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        vecs = [self.embedder.embed(np.concatenate(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
         return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), errors
 
     def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None,

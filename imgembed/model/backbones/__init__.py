@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imgembed.config import BackboneCfg
-from imgembed.errors import BackboneError  # noqa: E402  (defined beside nothing heavy; raised here)
+from imgembed.errors import BackboneError, no_text_encoder  # noqa: F401  (BackboneError: re-exported)
 from imgembed.ingest.preprocess import Preprocess
 
 
@@ -28,6 +28,9 @@ class Backbone(nn.Module):
     preprocess: Preprocess
     spec: str  # the registry name it was built from
     fingerprint: str  # digest of the weights, recorded in index manifests
+    # Written out as an ONNX model for queries without torch (imgembed.model.onnx_export): image-only
+    # backbones whose export has been checked; a text backbone's queries need torch anyway.
+    exportable: bool = False
 
     @property
     def has_text(self) -> bool:
@@ -39,10 +42,7 @@ class Backbone(nn.Module):
         return mostly_convolutional(self)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:  # (T, dim)
-        raise BackboneError(
-            f"backbone '{self.spec}' has no text encoder; text search needs a CLIP backbone "
-            "such as open_clip:ViT-B-32:laion2b_s34b_b79k"
-        )
+        raise no_text_encoder(self.spec)
 
 
 Factory = Callable[[str, BackboneCfg], Backbone]
@@ -151,4 +151,4 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from imgembed.model.backbones import efficientnet, openclip, tiny, tv  # noqa: F401
+        from imgembed.model.backbones import efficientnet, onnx_file, openclip, tiny, tv  # noqa: F401

@@ -130,6 +130,8 @@ def build_model(path: str) -> torch.nn.Module:
 
 
 class EfficientNetLite0(Backbone):
+    exportable = True
+
     def __init__(self, pool: str) -> None:
         super().__init__()
         check_choice("pooling", pool, POOLS)

@@ -1,0 +1,145 @@
+"""Queries without torch: an index job writes its backbone out as ONNX, and later queries on the same
+machine run it on ONNX Runtime with the head in numpy, giving torch's vectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO, TINY, write_photos
+
+from imgembed.config import BackboneCfg, EmbedCfg, IndexJobCfg
+from imgembed.identity import raw_identity
+from imgembed.index.format import read_manifest
+from imgembed.indexer import index_folder
+from imgembed.model import onnx_export
+from imgembed.model.backbones import create_backbone
+from imgembed.model.backbones.tiny import TinyCNN
+from imgembed.model.embedder import Embedder
+from imgembed.model.head import HeadCfg, ProjectionHead, save_head
+from imgembed.model.onnx_embedder import OnnxEmbedder, load_numpy_head, model_paths
+from imgembed.query.search import Searcher
+
+
+@pytest.fixture
+def exportable(monkeypatch):
+    """The tiny test backbone, exported like the default one."""
+    monkeypatch.setattr(TinyCNN, "exportable", True)
+
+
+def tiny_index(tmp_path, head=None):
+    folder = tmp_path / "photos"
+    write_photos(folder, 9)
+    ix = tmp_path / "ix"
+    index_folder(folder, ix, IndexJobCfg(backbone=BackboneCfg(name=TINY), head=head, embed=EmbedCfg(workers=0)))
+    return folder, ix
+
+
+def test_an_index_job_exports_its_backbone_and_queries_then_run_on_onnx_runtime(tmp_path, exportable):
+    folder, ix = tiny_index(tmp_path)
+    model, meta = model_paths(raw_identity(read_manifest(ix)))
+    assert model.is_file() and json.loads(meta.read_text())["min_cosine"] >= onnx_export.MIN_COSINE
+    fast = Searcher(ix, device="cpu")
+    assert isinstance(fast.embedder, OnnxEmbedder)
+    slow = Searcher(ix, embedder=Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu"))
+    for photo in sorted(folder.glob("*.jpg"))[:3]:
+        data = photo.read_bytes()
+        a, b = fast.embed_image_bytes(data), slow.embed_image_bytes(data)
+        assert float((a * b).sum()) > 0.99999
+        assert [h.id for h in fast.search_image_bytes(data, 5)] == [h.id for h in slow.search_image_bytes(data, 5)]
+
+
+def test_a_query_with_an_exported_model_imports_no_torch(tmp_path, exportable):
+    folder, ix = tiny_index(tmp_path)
+    query = sorted(folder.glob("*.jpg"))[0]
+    code = ("import sys\nfrom imgembed.cli import main\n"
+            f"rc = main(['search', {str(query)!r}, '--index', {str(ix)!r}, '-k', '3'])\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch', rc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "no torch 0"
+    assert query.name in out.stdout  # the photo itself is its first hit
+
+
+def test_the_numpy_head_is_the_torch_head(tmp_path):
+    torch.manual_seed(0)
+    head = ProjectionHead(HeadCfg(in_dim=32, out_dim=8, hidden=16, backbone=TINY)).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.3)  # the residual branch starts at zero: make it count
+        head.mean.normal_(0, 0.1)
+    path = save_head(tmp_path / "h", head)
+    fast = load_numpy_head(path)
+    feats = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = head(torch.from_numpy(feats)).numpy()
+    assert fast.fingerprint == head.fingerprint
+    np.testing.assert_allclose(fast(feats), ref, atol=1e-5)
+
+
+def test_an_index_with_a_head_queries_through_the_numpy_head(tmp_path, exportable):
+    torch.manual_seed(1)
+    head = ProjectionHead(HeadCfg(in_dim=32, out_dim=8, hidden=16, backbone=TINY,
+                                  backbone_fingerprint=create_backbone(BackboneCfg(name=TINY)).fingerprint))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.3)
+    path = save_head(tmp_path / "heads" / "h", head.eval())
+    folder, ix = tiny_index(tmp_path, head=str(path))
+    fast = Searcher(ix, device="cpu")
+    assert isinstance(fast.embedder, OnnxEmbedder) and fast.embedder.dim == 8
+    photo = sorted(folder.glob("*.jpg"))[4]
+    hits = fast.search_image_bytes(photo.read_bytes(), 3)
+    assert hits[0].path.endswith(photo.name) and hits[0].score > 0.99999
+
+
+def test_a_damaged_export_leaves_queries_on_torch(tmp_path, exportable):
+    folder, ix = tiny_index(tmp_path)
+    model, _ = model_paths(raw_identity(read_manifest(ix)))
+    model.write_bytes(b"not an onnx model")
+    s = Searcher(ix, device="cpu")
+    assert isinstance(s.embedder, Embedder)
+    photo = sorted(folder.glob("*.jpg"))[0]
+    assert s.search_image_bytes(photo.read_bytes(), 1)[0].path.endswith(photo.name)
+
+
+def test_an_export_that_does_not_match_torch_is_not_kept(tmp_path, exportable, monkeypatch, caplog):
+    monkeypatch.setattr(onnx_export, "_check", lambda data, backbone: 0.97)
+    backbone = create_backbone(BackboneCfg(name=TINY))
+    with caplog.at_level(logging.WARNING):
+        assert onnx_export.export_for_queries(backbone) is None
+    assert not model_paths(onnx_export.identity_of(backbone))[0].exists()
+    assert "differ from torch's (cosine 0.970000)" in caplog.text
+
+
+def test_backbones_that_are_not_exportable_are_not_exported(tmp_path):
+    _, ix = tiny_index(tmp_path)
+    assert not model_paths(raw_identity(read_manifest(ix)))[0].exists()
+    assert isinstance(Searcher(ix, device="cpu").embedder, Embedder)
+
+
+def test_an_onnx_file_runs_as_a_backbone(tmp_path):
+    tiny = create_backbone(BackboneCfg(name=TINY))
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(onnx_export.to_onnx(tiny))
+    path.with_suffix(".json").write_text(json.dumps(onnx_export.identity_of(tiny)))
+    as_onnx = Embedder.from_cfg(BackboneCfg(name=f"onnx:{path}", device="cpu"))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(as_onnx.embed(pixels), Embedder(tiny, device="cpu").embed(pixels), atol=1e-5)
+    assert as_onnx.identity()["backbone_fingerprint"] != tiny.fingerprint  # never mixed with torch's vectors
+
+
+def test_an_onnx_backbone_without_its_json_says_what_it_needs(tmp_path):
+    from imgembed.errors import BackboneError
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_export.to_onnx(create_backbone(BackboneCfg(name=TINY))))
+    with pytest.raises(BackboneError, match="needs .*m.json beside it"):
+        create_backbone(BackboneCfg(name=f"onnx:{path}"))
