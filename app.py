@@ -27,13 +27,12 @@ from imgembed.config import (
     default_index,
     query_reader_cfg,
 )
+from imgembed.errors import BackboneError, HeadError
 from imgembed.index.filters import Filters
 from imgembed.index.format import Meta, Row, StoreError
 from imgembed.indexer import index_folder
+from imgembed.ingest.cpu import use_query_threads
 from imgembed.ingest.reader import ImageSkipped, open_image
-from imgembed.model.backbones import BackboneError
-from imgembed.model.embedder import use_query_threads
-from imgembed.model.head import HeadError
 from imgembed.query.copies import PRESETS, Group, Report, find_duplicates
 from imgembed.query.duplicate_export import drop_csv, move_script
 from imgembed.query.history import QueryHistory

@@ -24,6 +24,7 @@ LOSSES = ("supcon", "proxy-anchor", "triplet")  # imgembed.learn.losses
 DUPLICATE_PRESETS = ("exact", "copies", "similar")
 DBA_MODES = ("off", "on")  # imgembed.index.dba: database-side augmentation of an index
 PROJECTION_MODES = ("auto", "off")  # imgembed.index.projection: a projection fitted on the collection
+RUNTIMES = ("auto", "torch", "onnx")  # imgembed.model.embedder.Embedder: what runs the backbone on a CPU
 
 
 def default_index() -> str:
@@ -114,6 +115,9 @@ class BackboneCfg:
     # torch.compile the backbone: "on", "off", or "auto": CNNs on a CPU from 5,000 photos to embed
     # (faster after a one-off compile; imgembed.model.embedder.AUTO_COMPILE_MIN_IMAGES says more).
     compile: str = "auto"
+    # What runs the backbone on a CPU: "auto" = ONNX Runtime for the backbones that export to it (the
+    # default one: about 3x torch's speed, the same vectors), else torch; "torch"; "onnx".
+    runtime: str = "auto"
 
 
 @dataclass

@@ -204,10 +204,10 @@ def index_folder(root: str | Path, index_dir: str | Path, cfg: IndexJobCfg,
         summary.deleted = sum(plan.gone_hashes.values())
         summary.publish = store.publish()
         summary.total = summary.publish.total
-    if source.built:  # the model is at hand: later queries on this machine need no torch
-        from imgembed.model.onnx_export import export_for_queries
+    if source.built:  # later queries on this machine need no torch (on a CPU the embedder exported it already)
+        from imgembed.model.onnx_export import exported_model
 
-        export_for_queries(source.get().backbone)
+        exported_model(source.get().backbone)
     summary.seconds = time.perf_counter() - t0
     return summary
 

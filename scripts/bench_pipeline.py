@@ -17,7 +17,8 @@ Prints, for the photos in FOLDER:
 For the loop and the command it also prints the kernel's share of the CPU time and the minor page
 faults per photo (``resource.getrusage``, decode workers included).
 
-``--burner`` measures the loop and the command again while a process keeps one core busy, and
+``--runtime`` picks what runs the model on a CPU, as ``imgembed index --runtime`` does (auto: ONNX
+Runtime for the default backbone). ``--burner`` measures the loop and the command again while a process keeps one core busy, and
 prints each throughput over its idle figure. ``--against DIR`` also runs ``imgembed index`` from
 the checkout at DIR (the commit before a change, say) in the same run, idle and with the burner.
 
@@ -167,7 +168,7 @@ def command(checkout: Path, folder: Path, backbone: str, extra: list[str]) -> tu
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=d)
         wall = time.perf_counter() - t
-    m = re.search(r"indexed (\d+),.*?([\d.]+) images/s embedding", r.stdout, re.S)
+    m = re.search(r"embedded (\d+) in [\d.]+ s \(([\d.]+) images/s", r.stdout)
     if r.returncode or not m:
         raise RuntimeError(f"imgembed index failed (exit {r.returncode}): {r.stderr[-2000:]}")
     n = int(m.group(1))
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile the backbone; auto decides as `imgembed index` would for this folder")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
+                   help="what runs the model on a CPU (as `imgembed index --runtime`)")
     p.add_argument("--precision-check", action="store_true",
                    help="print the cosine of bf16 (and fp16 on CUDA) embeddings to fp32 ones")
     p.add_argument("--burner", action="store_true",
@@ -239,12 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     if not items:
         sys.exit(f"no images under {a.folder}")
     t = time.perf_counter()
-    embedder = Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device), compile=a.compile)
+    embedder = Embedder.from_cfg(BackboneCfg(name=a.backbone, device=a.device, runtime=a.runtime),
+                                 compile=a.compile)
     build_s = time.perf_counter() - t
     on_gpu = embedder.device.type == "cuda"
     a.batch_size = embedder.batch_size(a.batch_size)
     print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
-          f"({embedder.dtype}); batch {a.batch_size}; {workers} decode workers; "
+          f"({embedder.dtype}, {'ONNX Runtime' if embedder.onnx is not None else 'torch'}); batch {a.batch_size}; {workers} decode workers; "
           f"{share.threads} model threads; {share.free} of {share.cores} cores free; {load()}; "
           f"model built in {build_s:.1f} s")
     eager_mod = None
@@ -256,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                                    dtype=torch.uint8, device=embedder.device))
         print(f"torch.compile (--compile {a.compile}): compiled in {time.perf_counter() - t:.1f} s "
               "(less when torch's kernel cache already holds it)", flush=True)
-    job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone, compile=a.compile),
+    job = IndexJobCfg(backbone=BackboneCfg(name=a.backbone, compile=a.compile, runtime=a.runtime),
                       embed=EmbedCfg(a.batch_size, a.workers), reader=reader_cfg)
     extra = ["--batch-size", str(a.batch_size), "--compile", a.compile, "--device", a.device]
+    ours = [*extra, "--runtime", a.runtime]  # a checkout before --runtime existed takes only the others
 
     dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
     print(f"decode-only   {dec:9.1f} images/s ({load()})", flush=True)
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
                   f"(scan, publish; model already built); / ceiling {loop / ceiling:.2f}  [{name}, {load()}]")
             print(f"              {use}", flush=True)
-            c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, extra)
+            c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, ours)
             cmds[name] = c_loop
             print(f"imgembed index {c_loop:8.1f} images/s in its loop; {c_run:.1f} for the whole command "
                   f"(start-up, model build); loop / ceiling {c_loop / ceiling:.2f}  [{name}, {load()}]")

@@ -136,6 +136,37 @@ def test_embedding_runs_on_the_budgeted_threads_and_restores_them(tmp_path, monk
     assert seen == [2, 2, 2]
 
 
+def test_an_onnx_runtime_model_runs_on_the_budgeted_threads(tmp_path, monkeypatch):
+    from imgembed.model.backbones.tiny import TinyCNN
+
+    monkeypatch.setattr(TinyCNN, "exportable", True)
+    write_photos(tmp_path / "p", 4)
+    items = [(p.name, str(p).encode()) for p in sorted((tmp_path / "p").iterdir())]
+    emb = Embedder.from_cfg(BackboneCfg(name=TINY, device="cpu"))
+    assert emb.onnx is not None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "budget", lambda **kw: cpu.Budget(threads=1, workers=0, cores=4, free=1))
+    seen = [emb.onnx.session.get_session_options().intra_op_num_threads
+            for _ in pipeline.embed_files(items, emb, ReaderCfg(), EmbedCfg(batch_size=2))]
+    assert seen == [1, 1]
+
+
+def test_a_process_answering_queries_builds_models_on_its_query_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "_answering", False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cpu.query_threads() == 4
+    torch.set_num_threads(2)
+    cpu.use_query_threads()  # torch is loaded here: set now
+    assert torch.get_num_threads() == 4 and cpu.answering_queries()
+    torch.set_num_threads(2)
+    Embedder.from_cfg(BackboneCfg(name=TINY, runtime="torch"))  # and again for a model built later
+    assert torch.get_num_threads() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu.query_threads() == 3
+    torch.set_num_threads(2)
+
+
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass\n"
 
 

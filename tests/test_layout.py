@@ -116,6 +116,7 @@ def test_argparse_choices_come_from_the_config_lists():
     for command in ("index", "eval", "train-head"):
         assert _choices(p, command, "--pool") == config.POOLS
         assert _choices(p, command, "--compile") == config.COMPILE_MODES
+        assert _choices(p, command, "--runtime") == config.RUNTIMES
     assert _choices(p, "train-head", "--labels") == config.LABEL_MODES
     assert _choices(p, "train-head", "--loss") == config.LOSSES
     assert _choices(p, "duplicates", "--preset") == config.DUPLICATE_PRESETS

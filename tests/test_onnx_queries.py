@@ -100,21 +100,24 @@ def test_an_index_with_a_head_queries_through_the_numpy_head(tmp_path, exportabl
     assert hits[0].path.endswith(photo.name) and hits[0].score > 0.99999
 
 
-def test_a_damaged_export_leaves_queries_on_torch(tmp_path, exportable):
+def test_a_damaged_export_is_written_again(tmp_path, exportable, caplog):
     folder, ix = tiny_index(tmp_path)
     model, _ = model_paths(raw_identity(read_manifest(ix)))
     model.write_bytes(b"not an onnx model")
     s = Searcher(ix, device="cpu")
-    assert isinstance(s.embedder, Embedder)
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(s.embedder, Embedder)  # the query: torch, which writes the model again
+    assert "does not load" in caplog.text and "writing it again" in caplog.text
     photo = sorted(folder.glob("*.jpg"))[0]
     assert s.search_image_bytes(photo.read_bytes(), 1)[0].path.endswith(photo.name)
+    assert isinstance(Searcher(ix, device="cpu").embedder, OnnxEmbedder)  # and the next query has it
 
 
 def test_an_export_that_does_not_match_torch_is_not_kept(tmp_path, exportable, monkeypatch, caplog):
     monkeypatch.setattr(onnx_export, "_check", lambda data, backbone: 0.97)
     backbone = create_backbone(BackboneCfg(name=TINY))
     with caplog.at_level(logging.WARNING):
-        assert onnx_export.export_for_queries(backbone) is None
+        assert onnx_export.exported_model(backbone) is None
     assert not model_paths(onnx_export.identity_of(backbone))[0].exists()
     assert "differ from torch's (cosine 0.970000)" in caplog.text
 
@@ -143,3 +146,42 @@ def test_an_onnx_backbone_without_its_json_says_what_it_needs(tmp_path):
     path.write_bytes(onnx_export.to_onnx(create_backbone(BackboneCfg(name=TINY))))
     with pytest.raises(BackboneError, match="needs .*m.json beside it"):
         create_backbone(BackboneCfg(name=f"onnx:{path}"))
+
+
+def test_the_onnx_runtime_embeds_what_torch_embeds(exportable):
+    backbone = create_backbone(BackboneCfg(name=TINY))
+    fast = Embedder(backbone, device="cpu", runtime="auto")
+    slow = Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu", runtime="torch")
+    assert fast.onnx is not None and slow.onnx is None
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(fast.embed(pixels), slow.embed(pixels), atol=1e-5)
+    assert fast.identity() == slow.identity()  # the same vectors: one index, one feature cache
+    fast.set_threads(1)
+    assert fast.onnx.threads == 1 and fast.onnx.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(fast.embed(pixels), slow.embed(pixels), atol=1e-5)
+
+
+def test_the_runtime_falls_back_to_torch_or_says_why_not(exportable, monkeypatch):
+    assert Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu", compile="on").onnx is None
+    monkeypatch.setattr(TinyCNN, "exportable", False)
+    assert Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu").onnx is None
+    with pytest.raises(ValueError, match="--runtime onnx: the backbone test-tiny cannot run on ONNX Runtime"):
+        Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu", runtime="onnx")
+
+
+def test_an_index_job_on_the_onnx_runtime_stores_torch_s_vectors(tmp_path, exportable):
+    folder, ix = tiny_index(tmp_path)  # runtime auto: ONNX Runtime
+    torch_ix = tmp_path / "ix-torch"
+    index_folder(folder, torch_ix, IndexJobCfg(backbone=BackboneCfg(name=TINY, runtime="torch"),
+                                               embed=EmbedCfg(workers=0)))
+    from imgembed.index.snapshot import Snapshot
+
+    def by_path(snap: Snapshot) -> dict[bytes, np.ndarray]:
+        rows = list(snap.iter_rows())
+        vecs = snap.vectors(r.id for r in rows)
+        return {r.path: vecs[r.id] for r in rows}
+
+    a, b = by_path(Snapshot(ix)), by_path(Snapshot(torch_ix))
+    assert len(a) == 9 and set(a) == set(b)
+    for path in a:
+        assert float(a[path] @ b[path]) > 0.99999

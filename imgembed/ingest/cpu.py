@@ -12,6 +12,7 @@ workers split them, and the process settings that keep those cores on the photos
   blocks now stay with the process for the next batch.
 - :func:`budget` splits the cores that are free (the affinity mask, a cgroup quota, minus what other
   programs keep busy) between the model's threads and the decode workers.
+- :func:`use_query_threads` budgets a process that answers one query at a time (the app, a server).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ctypes
 import ctypes.util
 import math
 import os
+import sys
 import time
 from typing import NamedTuple
 
@@ -36,6 +38,30 @@ STALE_SECONDS = 10.0
 TAKEN = 0.5
 
 _kept = False
+_answering = False
+
+
+def query_threads() -> int:
+    """Model threads for answering one query at a time: ``OMP_NUM_THREADS`` when set, else half the
+    cores, at most 4. One photo gains little from many threads, and on busy cores spinning threads
+    starve each other; this stays fast on idle and loaded machines alike (README, "The Streamlit app")."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def use_query_threads() -> None:
+    """Budget this process's model threads for answering single queries: torch's now if it is loaded,
+    else when a torch model is built (:func:`answering_queries`). Query models on ONNX Runtime
+    always take :func:`query_threads`."""
+    global _answering
+    _answering = True
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(query_threads())
+
+
+def answering_queries() -> bool:
+    return _answering
 
 
 def keep_freed_memory() -> bool:

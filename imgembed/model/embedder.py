@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgembed.config import COMPILE_MODES, PRECISIONS, BackboneCfg, check_choice, check_device
-from imgembed.ingest.cpu import keep_freed_memory
+from imgembed.config import COMPILE_MODES, PRECISIONS, RUNTIMES, BackboneCfg, check_choice, check_device
+from imgembed.ingest.cpu import answering_queries, keep_freed_memory, query_threads
 from imgembed.model.backbones import Backbone, create_backbone
 from imgembed.model.head import ProjectionHead, check_fits, load_head
 
@@ -37,17 +36,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def use_query_threads() -> None:
-    """Budget this process's PyTorch threads for answering single queries (the app, a server).
-
-    One photo gains little from many threads, and on busy cores spinning threads starve each other;
-    half the cores, at most 4, stays fast on idle and loaded machines alike (README, "The Streamlit
-    app"). ``OMP_NUM_THREADS``, when set, is left to decide.
-    """
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
 
 
 def pick_dtype(device: torch.device, precision: str) -> torch.dtype:
@@ -97,13 +85,18 @@ class Embedder:
     """Turns uint8 image batches into L2-normalised float32 vectors of ``dim`` dimensions."""
 
     def __init__(self, backbone: Backbone, head: ProjectionHead | None = None,
-                 device: str = "auto", precision: str = "auto", compile: str | bool = "off") -> None:
+                 device: str = "auto", precision: str = "auto", compile: str | bool = "off",
+                 runtime: str = "auto") -> None:
         """``compile``: run the backbone through ``torch.compile``: "on", "off", or "auto" (decided
-        by :meth:`plan` from the number of photos; see :data:`AUTO_COMPILE_MIN_IMAGES`)."""
+        by :meth:`plan` from the number of photos; see :data:`AUTO_COMPILE_MIN_IMAGES`).
+        ``runtime``: on a CPU, "auto" runs an exportable backbone on ONNX Runtime (:meth:`_onnx_runner`)."""
         if head is not None:
             check_fits(head, backbone)
         self.device = pick_device(device)
+        self.runtime = check_choice("runtime", runtime, RUNTIMES)
         keep_freed_memory()  # activations are large blocks: mapping them afresh each batch costs the kernel
+        if answering_queries():  # the app, a server (imgembed.ingest.cpu.use_query_threads)
+            torch.set_num_threads(query_threads())
         self.dtype = pick_dtype(self.device, precision)
         self.backbone = backbone.to(self.device)
         # NHWC: faster convolutions on CPUs and GPUs; for ViTs only copies, which made them slower (README)
@@ -111,6 +104,9 @@ class Embedder:
         if self._channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode(compile)
+        self.onnx = self._onnx_runner()  # None: torch runs the backbone
+        if self.onnx is not None:
+            self._channels_last, self.compile_mode = False, "off"
         self._forward = self.backbone
         self._fixed_batch = 0  # once compiled: every batch is padded to the first one's size
         self._compile_tried = False  # the first compiled call either works or falls back
@@ -126,7 +122,39 @@ class Embedder:
     def from_cfg(cls, cfg: BackboneCfg, head_path: str | None = None, compile: str | bool | None = None) -> "Embedder":
         head = load_head(head_path) if head_path else None
         return cls(create_backbone(cfg), head, device=cfg.device, precision=cfg.precision,
-                   compile=cfg.compile if compile is None else compile)
+                   compile=cfg.compile if compile is None else compile, runtime=cfg.runtime)
+
+    def _onnx_runner(self):
+        """ONNX Runtime for the backbone, when ``runtime`` and the device allow it: on a CPU, for a
+        backbone that exports (the export is written once per machine and checked against torch,
+        imgembed.model.onnx_export), unless ``compile="on"`` asks for torch.compile. Its vectors are
+        torch's (cosine >= 0.9999), so the identity, indexes and feature caches are the same."""
+        if self.runtime == "torch" or self.device.type != "cpu":
+            return None
+        if self.runtime == "auto" and self.compile_mode == "on":
+            return None
+        from imgembed.model.onnx_embedder import OnnxRunner
+        from imgembed.model.onnx_export import exported_model
+
+        for replace in (False, True):  # a file that does not load (damaged on disk) is written again
+            path = exported_model(self.backbone, replace) if self.backbone.exportable else None
+            if path is None:
+                break
+            try:
+                return OnnxRunner(path, torch.get_num_threads())
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types
+                logger.warning("the exported model %s does not load (%s)%s", path, str(e).splitlines()[0][:200],
+                               "; writing it again" if not replace else "")
+        if self.runtime == "onnx":
+            raise ValueError(f"--runtime onnx: the backbone {self.backbone.spec} cannot run on ONNX Runtime "
+                             "(only the default backbone exports to it); use --runtime torch or auto")
+        return None
+
+    def set_threads(self, n: int) -> None:
+        """The model's CPU threads: torch's, and ONNX Runtime's when it runs the backbone."""
+        torch.set_num_threads(n)
+        if self.onnx is not None:
+            self.onnx.threads = n
 
     @property
     def compiled(self) -> bool:
@@ -168,12 +196,13 @@ class Embedder:
         per_image = (torch.cuda.max_memory_allocated(self.device) - base) / n
         return int(torch.cuda.mem_get_info(self.device)[0]), per_image
 
-    def __getstate__(self) -> dict:  # sent to Ray actors: compiled code does not pickle; recompile there
-        return dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False)
+    def __getstate__(self) -> dict:  # sent to Ray actors: compiled code and sessions do not pickle; made there
+        return dict(self.__dict__, _forward=None, _fixed_batch=0, _compile_tried=False, onnx=None)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._forward = self.backbone
+        self.onnx = self._onnx_runner() if self.device.type == "cpu" else None
         if self.compile_mode == "on":
             self._compile()
 
@@ -247,6 +276,8 @@ class Embedder:
             pixels = torch.cat([pixels, pixels[:1].expand(self._fixed_batch - n, -1, -1, -1)])
         x = pixels.to(self.device, non_blocking=True).float()
         x = (x - self._mean) / self._std  # (B, 3, H, W)
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.run(x.numpy()))
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():

@@ -1,7 +1,7 @@
 """Query vectors without torch: the backbone as an ONNX model run by ONNX Runtime, the head in numpy.
 
 A one-off ``imgembed search IMG`` spent most of its time importing torch (2.5 s of 3.7 here) to
-embed one photo. An index job that built the model writes the backbone out once per machine
+embed one photo. The first job that builds the model writes the backbone out once per machine
 (:mod:`imgembed.model.onnx_export`, into ``cache_dir()/query-models``) after checking that it gives
 the same features as torch; a query then loads that file in a fraction of a second. The file is
 named by what the index records (backbone spec, weights fingerprint, pooling), so an index only
@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from imgembed.config import cache_dir
 from imgembed.errors import HeadError, no_text_encoder
 from imgembed.identity import raw_identity
+from imgembed.ingest.cpu import query_threads
 from imgembed.ingest.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
@@ -38,13 +38,6 @@ def model_paths(identity: dict) -> tuple[Path, Path]:
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(identity.get("backbone")))[:60]
     stem = cache_dir() / "query-models" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     return stem.with_suffix(".onnx"), stem.with_suffix(".json")
-
-
-def query_threads() -> int:
-    """Threads for one query: half the cores, at most 4 (as imgembed.model.embedder.use_query_threads)."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 class NumpyHead:
@@ -89,6 +82,41 @@ def load_numpy_head(path: str | Path) -> NumpyHead:
     return NumpyHead(info["cfg"], weights, fingerprint(info["cfg"], weights))
 
 
+class OnnxRunner:
+    """An ONNX model on ONNX Runtime's CPU provider: ``run(x float32 (B, ...)) -> (B, ...)``.
+
+    Its threads sleep when out of work instead of spinning (like OpenMP's passive wait policy,
+    imgembed.ingest.cpu): a spinning pool takes the core that decoding or another program needs.
+    Setting :attr:`threads` opens the model again with that many (a fraction of a second)."""
+
+    def __init__(self, model: str | Path | bytes, threads: int) -> None:
+        self.model = str(model) if isinstance(model, Path) else model
+        self._threads = 0
+        self.threads = threads
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        if n == self._threads:
+            return
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, n)
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+        self.session = ort.InferenceSession(self.model, opts, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+        self._threads = max(1, n)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0]
+
+
 class OnnxEmbedder:
     """The query side of :class:`imgembed.model.embedder.Embedder` (``embed``, ``preprocess``,
     ``dim``, ``identity``) on ONNX Runtime's CPU provider."""
@@ -96,14 +124,7 @@ class OnnxEmbedder:
     has_text = False
 
     def __init__(self, model: Path, info: dict, head: NumpyHead | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = query_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # warnings about unused initialisers are not the user's business
-        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
+        self.runner = OnnxRunner(model, query_threads())
         self.info, self.head = info, head
         self.preprocess = Preprocess(**{**info["preprocess"], "mean": tuple(info["preprocess"]["mean"]),
                                         "std": tuple(info["preprocess"]["std"])})
@@ -123,7 +144,7 @@ class OnnxEmbedder:
     def features(self, pixels) -> np.ndarray:
         """Raw backbone features ``float32 (B, dim)`` for ``uint8 (B, 3, H, W)`` pixels."""
         x = (np.asarray(pixels, dtype=np.float32) - self._mean) / self._std
-        return self.session.run(None, {self._input: x})[0].astype(np.float32, copy=False)
+        return self.runner.run(x).astype(np.float32, copy=False)
 
     def embed(self, pixels) -> np.ndarray:
         """``uint8 (B, 3, H, W)`` -> ``float32 (B, dim)`` unit vectors."""

@@ -1,9 +1,10 @@
-"""Write a backbone out as an ONNX model for queries without torch (imgembed.model.onnx_embedder).
+"""Write a backbone out as an ONNX model: ONNX Runtime runs it on CPUs, for indexing
+(imgembed.model.embedder, ``runtime="auto"``) and for queries without torch (imgembed.model.onnx_embedder).
 
-Done once per machine and backbone, by an index job that built the model anyway (about 2 s for the
-default backbone). The export is kept only when ONNX Runtime gives the features torch gives, to
-within :data:`MIN_COSINE` on a random batch; anything that goes wrong leaves queries on torch and is
-said in one line.
+Done once per machine and backbone, by the first job that builds the model (about 2 s for the
+default backbone), into ``cache_dir()/query-models``. The export is kept only when ONNX Runtime
+gives the features torch gives, to within :data:`MIN_COSINE` on a random batch; anything that goes
+wrong leaves the model on torch and is said in one line.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ def identity_of(backbone: Backbone) -> dict:
                                   "preprocess": backbone.preprocess.to_dict()}))
 
 
-def export_for_queries(backbone: Backbone) -> Path | None:
-    """The exported model of ``backbone`` (written now unless this machine has it). None when the
-    backbone is not exportable (text backbones) or the export failed or did not match torch."""
+def exported_model(backbone: Backbone, replace: bool = False) -> Path | None:
+    """The exported model of ``backbone``, written now unless this machine has it (or ``replace``:
+    it does not load). None when the backbone is not exportable (text backbones) or the export
+    failed or did not match torch."""
     if not backbone.exportable:
         return None
     identity = identity_of(backbone)
     model_file, meta_file = model_paths(identity)
-    if model_file.is_file() and meta_file.is_file():
+    if model_file.is_file() and meta_file.is_file() and not replace:
         return model_file
     try:
         cpu = copy.deepcopy(backbone).to("cpu", torch.float32).eval()  # the job's model stays where it is

@@ -64,7 +64,7 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
     workers = share.workers
     logger.info("%d of %d cores free: %d model threads, %d decode workers", share.free, share.cores,
                 share.threads, workers)
-    with model_threads(share.threads if embedder.device.type == "cpu" else None) as retune:
+    with model_threads(share.threads if embedder.device.type == "cpu" else None, embedder.set_threads) as retune:
         for b in _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw):
             retune()
             yield b
@@ -91,28 +91,32 @@ RETUNE_SECONDS = 3.0
 
 
 @contextlib.contextmanager
-def model_threads(threads: int | None) -> Iterator[Callable[[], None]]:
-    """torch's intra-op threads set to ``threads`` for the block (None, or ``OMP_NUM_THREADS`` set:
-    unchanged). The block calls what it is given between batches: every :data:`RETUNE_SECONDS` the
-    threads follow the cores that other programs left free meanwhile (one started or ended)."""
+def model_threads(threads: int | None, set_threads: Callable[[int], None] = torch.set_num_threads
+                  ) -> Iterator[Callable[[], None]]:
+    """The model's threads set to ``threads`` for the block through ``set_threads`` (None, or
+    ``OMP_NUM_THREADS`` set: unchanged); torch's are set back afterwards. The block calls what it is
+    given between batches: every :data:`RETUNE_SECONDS` the threads follow the cores that other
+    programs left free meanwhile (one started or ended)."""
     if threads is None or "OMP_NUM_THREADS" in os.environ:
         yield lambda: None
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    set_threads(threads)
+    now = threads
     watch, last = cpu.CoreWatch(), time.monotonic()
 
     def retune() -> None:
-        nonlocal last
+        nonlocal last, now
         if time.monotonic() - last < RETUNE_SECONDS:
             return
         last = time.monotonic()
         busy = watch.others_busy()
         if busy is not None:
-            now = cpu.budget(cores=watch.cores, busy=busy).threads
-            if now != torch.get_num_threads():
-                logger.info("other programs keep %.1f cores busy: %d model threads", busy, now)
-                torch.set_num_threads(now)
+            fit = cpu.budget(cores=watch.cores, busy=busy).threads
+            if fit != now:
+                logger.info("other programs keep %.1f cores busy: %d model threads", busy, fit)
+                set_threads(fit)
+                now = fit
 
     try:
         yield retune

@@ -36,7 +36,7 @@ from imgembed.api import Index, Photo, open_index
 from imgembed.config import DUPLICATE_PRESETS, MAX_UPLOAD_MB, ReaderCfg, query_reader_cfg
 from imgembed.errors import BackboneError, ImageSkipped, StoreError
 from imgembed.index.filters import Filters
-from imgembed.model.embedder import use_query_threads
+from imgembed.ingest.cpu import use_query_threads
 from imgembed.query.search import Hit
 from imgembed.query.thumbnails import jpeg_bytes, thumbnail
 

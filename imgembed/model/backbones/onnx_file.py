@@ -18,13 +18,12 @@ import torch
 from imgembed.config import BackboneCfg
 from imgembed.ingest.preprocess import Preprocess
 from imgembed.model.backbones import Backbone, BackboneError, file_fingerprint, register
+from imgembed.model.onnx_embedder import OnnxRunner
 
 
 class OnnxFileBackbone(Backbone):
     def __init__(self, path: Path, threads: int) -> None:
         super().__init__()
-        import onnxruntime as ort
-
         meta = path.with_suffix(".json")
         try:
             info = json.loads(meta.read_text())
@@ -34,14 +33,10 @@ class OnnxFileBackbone(Backbone):
             self.dim = int(info["dim"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackboneError(f"onnx:{path} needs {meta} beside it, with its preprocess and dim ({e})") from e
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.runner = OnnxRunner(path, threads)
         except Exception as e:  # onnxruntime raises its own error types for unreadable models
             raise BackboneError(f"onnx:{path} is not a model ONNX Runtime can load ({e})") from e
-        self._input = self.session.get_inputs()[0].name
         self.pool = info.get("pool")
         self.fingerprint = file_fingerprint(path)
 
@@ -50,8 +45,7 @@ class OnnxFileBackbone(Backbone):
         return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(np.ascontiguousarray(self.session.run(None, {self._input: x})[0], np.float32))
+        return torch.from_numpy(np.ascontiguousarray(self.runner.run(x.detach().float().cpu().numpy()), np.float32))
 
 
 @register("onnx", listed=False)
