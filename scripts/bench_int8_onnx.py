@@ -2,10 +2,11 @@
 that `imgembed eval` measures.
 
     python scripts/bench_int8_onnx.py [OUT] [--calibrate-from FOLDER] [--calibrate 128] [--photos 128]
+                                      [--float-ends] [--calibration minmax|percentile|entropy] [--name lite0-int8]
     imgembed eval --backbone onnx:OUT/lite0-int8.onnx --gallery G --queries Q     # then, per dev set
 
 Writes OUT/lite0-fp32.onnx (the export queries use, imgembed.model.onnx_export) and
-OUT/lite0-int8.onnx: QDQ int8, weights per channel, activations calibrated on the first
+OUT/NAME.onnx: QDQ int8, weights per channel, activations calibrated (min-max by default) on the first
 ``--calibrate`` photos of ``--calibrate-from`` (default: the clothing-small train photos; the
 measured photos are the next ``--photos``). Prints images/s of the backbone alone on ready batches of
 32 (torch eager fp32 channels-last, as ``imgembed index`` runs below 5,000 photos; ONNX Runtime
@@ -40,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", type=int, default=128)
     p.add_argument("--photos", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--float-ends", action="store_true",
+                   help="keep the first and the last convolution in float (the stem, and the features GeM pools)")
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--name", default="lite0-int8", help="file name of the int8 model in OUT")
     a = p.parse_args(argv)
 
     import numpy as np
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     from imgembed.config import BackboneCfg, ReaderCfg
     from imgembed.ingest import fs
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads; load {os.getloadavg()[0]:.2f}", flush=True)
 
     a.out.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = a.out / "lite0-fp32.onnx", a.out / "lite0-int8.onnx"
+    fp32, int8 = a.out / "lite0-fp32.onnx", a.out / f"{a.name}.onnx"
     info = identity_of(backbone)
     fp32.write_bytes(to_onnx(backbone))
 
@@ -77,10 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         def get_next(self):
             return next(self.batches, None)
 
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+    keep = [convs[0], convs[-1]] if a.float_ends else []
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[a.calibration]
     t = time.perf_counter()
     quantize_static(str(fp32), str(int8), Calib(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    print(f"quantised in {time.perf_counter() - t:.1f} s", flush=True)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                    calibrate_method=method)
+    print(f"quantised in {time.perf_counter() - t:.1f} s ({a.calibration} calibration; kept in float: "
+          f"{', '.join(keep) or 'nothing'})", flush=True)
     for path in (fp32, int8):
         path.with_suffix(".json").write_text(json.dumps({**info, "source": "scripts/bench_int8_onnx.py"}, indent=2))
 

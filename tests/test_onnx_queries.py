@@ -22,7 +22,7 @@ from imgembed.model import onnx_export
 from imgembed.model.backbones import create_backbone
 from imgembed.model.backbones.tiny import TinyCNN
 from imgembed.model.embedder import Embedder
-from imgembed.model.head import HeadCfg, ProjectionHead, save_head
+from imgembed.model.head import HeadCfg, ProjectionHead, load_head, save_head
 from imgembed.model.onnx_embedder import OnnxEmbedder, load_numpy_head, model_paths
 from imgembed.query.search import Searcher
 
@@ -185,3 +185,25 @@ def test_an_index_job_on_the_onnx_runtime_stores_torch_s_vectors(tmp_path, expor
     assert len(a) == 9 and set(a) == set(b)
     for path in a:
         assert float(a[path] @ b[path]) > 0.99999
+
+
+def test_an_index_that_projects_its_features_queries_through_the_numpy_projection(tmp_path, exportable,
+                                                                                  monkeypatch):
+    from imgembed.index import projection
+
+    monkeypatch.setattr(projection, "AUTO_MIN", 30)
+    monkeypatch.setattr(projection, "AUTO_DIM", 8)
+    folder = tmp_path / "photos"
+    paths = write_photos(folder, 30, classes=True)
+    ix = tmp_path / "ix"
+    index_folder(folder, ix, IndexJobCfg(backbone=BackboneCfg(name=TINY), embed=EmbedCfg(workers=0)))
+    m = read_manifest(ix)
+    assert m["dim"] == 8 and m["projection"]
+    fast = Searcher(ix, device="cpu")
+    assert isinstance(fast.embedder, OnnxEmbedder)
+    assert fast.embedder.identity()["head_fingerprint"] == m["head_fingerprint"]
+    slow = Searcher(ix, embedder=Embedder(create_backbone(BackboneCfg(name=TINY)),
+                                          load_head(ix / m["head"]), device="cpu", runtime="torch"))
+    data = paths[7].read_bytes()
+    assert float((fast.embed_image_bytes(data) * slow.embed_image_bytes(data)).sum()) > 0.99999
+    assert fast.search_image_bytes(data, 1)[0].path.endswith(paths[7].name)
