@@ -18,9 +18,10 @@ For the loop and the command it also prints the kernel's share of the CPU time a
 faults per photo (``resource.getrusage``, decode workers included).
 
 ``--runtime`` picks what runs the model on a CPU, as ``imgembed index --runtime`` does (auto: ONNX
-Runtime for the default backbone). ``--burner`` measures the loop and the command again while a process keeps one core busy, and
-prints each throughput over its idle figure. ``--against DIR`` also runs ``imgembed index`` from
-the checkout at DIR (the commit before a change, say) in the same run, idle and with the burner.
+Runtime for the default backbone). ``--burner`` measures the loop and the command again while a
+process keeps one core busy, and prints each throughput over its idle figure. ``--against DIR``
+also runs ``imgembed index`` from the checkout at DIR (the commit before a change, say) in the
+same run, idle and with the burner.
 
 With ``--clip-retrieval VENV`` it also runs ``clip-retrieval inference`` from that venv (created
 with ``pip install clip-retrieval`` when missing) on the same folder, with the same open_clip
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = embedder.device.type == "cuda"
     a.batch_size = embedder.batch_size(a.batch_size)
     print(f"{len(items)} photos in {a.folder}; backbone {a.backbone} on {embedder.device} "
-          f"({embedder.dtype}, {'ONNX Runtime' if embedder.onnx is not None else 'torch'}); batch {a.batch_size}; {workers} decode workers; "
+          f"({embedder.dtype}, {'ONNX Runtime' if embedder.onnx is not None else 'torch'}); "
+          f"batch {a.batch_size}; {workers} decode workers; "
           f"{share.threads} model threads; {share.free} of {share.cores} cores free; {load()}; "
           f"model built in {build_s:.1f} s")
     eager_mod = None

@@ -18,7 +18,7 @@ from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.reader import ImageSkipped, content_hash, decode_query, read_bytes
 from imgembed.model.source import embedder_for
 
-if TYPE_CHECKING:  # the model (and torch, unless it runs on ONNX Runtime) is loaded on the first query that needs it
+if TYPE_CHECKING:  # the model (and torch, unless it runs on ONNX Runtime) is loaded by the first query needing it
     from imgembed.model.embedder import Embedder
     from imgembed.model.onnx_embedder import OnnxEmbedder
 
@@ -210,7 +210,8 @@ class Searcher:
             except ImageSkipped as e:
                 errors.append(str(e))
         dim = self.snapshot.manifest["dim"]
-        vecs = [self.embedder.embed(np.concatenate(pixels[i:i + batch_size])) for i in range(0, len(pixels), batch_size)]
+        vecs = [self.embedder.embed(np.concatenate(pixels[i:i + batch_size]))
+                for i in range(0, len(pixels), batch_size)]
         return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), errors
 
     def search_image_bytes(self, data: bytes, k: int = 10, filters: Filters | dict | None = None,
