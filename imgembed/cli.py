@@ -81,8 +81,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model: auto (CNNs on a CPU from 5,000 photos: 1.4x faster after "
                         "a one-off compile of about 30 s), on, off")
     p.add_argument("--runtime", default=BackboneCfg.runtime, choices=RUNTIMES,
-                   help="what runs the model on a CPU: auto (ONNX Runtime for the default backbone, about 3x "
-                        "torch's speed with the same vectors; torch for the others), torch, onnx")
+                   help="what runs the model on a CPU: auto (ONNX Runtime for the default backbone and "
+                        "torchvision CNNs, 1.5-3x torch's speed with the same vectors; torch for the others), "
+                        "torch, onnx")
     p.add_argument("--batch-size", type=int, default=EmbedCfg.batch_size,
                    help="photos per batch; 0 (default): 32 on a CPU, on CUDA what the free GPU memory holds")
     p.add_argument("--workers", type=int, default=EmbedCfg.workers, help="decode processes (-1: one per core)")

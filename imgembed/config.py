@@ -116,7 +116,7 @@ class BackboneCfg:
     # (faster after a one-off compile; imgembed.model.embedder.AUTO_COMPILE_MIN_IMAGES says more).
     compile: str = "auto"
     # What runs the backbone on a CPU: "auto" = ONNX Runtime for the backbones that export to it (the
-    # default one: about 3x torch's speed, the same vectors), else torch; "torch"; "onnx".
+    # default one: about 3x torch's speed, the same vectors; torchvision CNNs), else torch; "torch"; "onnx".
     runtime: str = "auto"
 
 

@@ -122,6 +122,29 @@ def test_an_export_that_does_not_match_torch_is_not_kept(tmp_path, exportable, m
     assert "differ from torch's (cosine 0.970000)" in caplog.text
 
 
+def test_a_failed_export_is_not_tried_again_on_every_run(exportable, monkeypatch, caplog):
+    calls = []
+
+    def broken(backbone):
+        calls.append(1)
+        raise RuntimeError("Exporting the operator 'aten::something' to ONNX is not supported")
+
+    monkeypatch.setattr(onnx_export, "to_onnx", broken)
+    with caplog.at_level(logging.WARNING):
+        assert Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu").onnx is None
+        assert Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu").onnx is None
+    assert len(calls) == 1 and caplog.text.count("runs on torch: its ONNX export was not kept") == 1
+    assert "aten::something" in caplog.text
+
+
+def test_a_torchvision_cnn_runs_on_onnx_runtime(tiny_torchvision):
+    fast = Embedder.from_cfg(BackboneCfg(name=tiny_torchvision, device="cpu"))
+    slow = Embedder.from_cfg(BackboneCfg(name=tiny_torchvision, device="cpu", runtime="torch"))
+    assert fast.onnx is not None
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 224, 224), dtype=np.uint8)
+    np.testing.assert_allclose(fast.embed(pixels), slow.embed(pixels), atol=1e-5)
+
+
 def test_backbones_that_are_not_exportable_are_not_exported(tmp_path):
     _, ix = tiny_index(tmp_path)
     assert not model_paths(raw_identity(read_manifest(ix)))[0].exists()

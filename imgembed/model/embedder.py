@@ -147,7 +147,7 @@ class Embedder:
                                "; writing it again" if not replace else "")
         if self.runtime == "onnx":
             raise ValueError(f"--runtime onnx: the backbone {self.backbone.spec} cannot run on ONNX Runtime "
-                             "(only the default backbone exports to it); use --runtime torch or auto")
+                             "(the default backbone and torchvision CNNs do); use --runtime torch or auto")
         return None
 
     def set_threads(self, n: int) -> None:

@@ -44,6 +44,8 @@ def exported_model(backbone: Backbone, replace: bool = False) -> Path | None:
         return None
     identity = identity_of(backbone)
     model_file, meta_file = model_paths(identity)
+    if meta_file.is_file() and not replace and _failed_before(meta_file):
+        return None  # said once, when it failed: not tried on every run
     if model_file.is_file() and meta_file.is_file() and not replace:
         return model_file
     try:
@@ -51,19 +53,32 @@ def exported_model(backbone: Backbone, replace: bool = False) -> Path | None:
         data = to_onnx(cpu)
         worst = _check(data, cpu)
         if worst < MIN_COSINE:
-            logger.warning("the query model of %s was not kept: its features differ from torch's "
-                           "(cosine %.6f); queries use torch", backbone.spec, worst)
-            return None
-        model_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(model_file, data)
-        atomic_write_json(meta_file, {"format": EXPORT_FORMAT, **identity, "opset": OPSET,
-                                      "torch": torch.__version__, "min_cosine": round(worst, 7)})
-    except Exception as e:  # noqa: BLE001 - an exporter failure costs only the fast query path
-        logger.warning("could not write the query model of %s (%s: %s); queries use torch", backbone.spec,
-                       type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            why = f"its features differ from torch's (cosine {worst:.6f})"
+        else:
+            model_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(model_file, data)
+            atomic_write_json(meta_file, {"format": EXPORT_FORMAT, **identity, "opset": OPSET,
+                                          "torch": torch.__version__, "min_cosine": round(worst, 7)})
+            why = ""
+    except Exception as e:  # noqa: BLE001 - an exporter failure costs only the faster runtime
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if why:
+        logger.warning("%s runs on torch: its ONNX export was not kept (%s)", backbone.spec, why)
+        meta_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(meta_file, {"format": EXPORT_FORMAT, **identity, "torch": torch.__version__,
+                                      "failed": why[:500]})
         return None
     logger.info("wrote the query model %s (%.1f MB)", model_file, model_file.stat().st_size / 1e6)
     return model_file
+
+
+def _failed_before(meta_file: Path) -> bool:
+    """Whether the export of this backbone failed with this torch (another torch may export it)."""
+    try:
+        info = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(info.get("failed")) and info.get("torch") == torch.__version__
 
 
 def to_onnx(backbone: Backbone) -> bytes:

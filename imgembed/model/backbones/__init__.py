@@ -28,7 +28,7 @@ class Backbone(nn.Module):
     preprocess: Preprocess
     spec: str  # the registry name it was built from
     fingerprint: str  # digest of the weights, recorded in index manifests
-    # Written out as an ONNX model for queries without torch (imgembed.model.onnx_export): image-only
+    # Run on ONNX Runtime on CPUs, and for queries without torch (imgembed.model.onnx_export): image-only
     # backbones whose export has been checked; a text backbone's queries need torch anyway.
     exportable: bool = False
 

@@ -35,6 +35,10 @@ class TorchvisionBackbone(Backbone):
         self.dim = int(probe.flatten(1).shape[1])
         self.fingerprint = state_fingerprint(model)
 
+    @property
+    def exportable(self) -> bool:  # CNNs (ResNet-50: 1.5x torch's speed on ONNX Runtime); ViTs do not export
+        return self.convolutional
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).flatten(1).float()  # (B, dim)
 
