@@ -230,3 +230,12 @@ def test_an_index_that_projects_its_features_queries_through_the_numpy_projectio
     data = paths[7].read_bytes()
     assert float((fast.embed_image_bytes(data) * slow.embed_image_bytes(data)).sum()) > 0.99999
     assert fast.search_image_bytes(data, 1)[0].path.endswith(paths[7].name)
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_the_model_on_torch(exportable, monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("IMGEMBED_CACHE_DIR", str(blocked))
+    emb = Embedder(create_backbone(BackboneCfg(name=TINY)), device="cpu")
+    assert emb.onnx is None
+    assert emb.embed(np.zeros((1, 3, 64, 64), np.uint8)).shape == (1, 32)

@@ -64,9 +64,13 @@ def exported_model(backbone: Backbone, replace: bool = False) -> Path | None:
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if why:
         logger.warning("%s runs on torch: its ONNX export was not kept (%s)", backbone.spec, why)
-        meta_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(meta_file, {"format": EXPORT_FORMAT, **identity, "torch": torch.__version__,
-                                      "failed": why[:500]})
+        try:  # remembered, so that the next run does not try again
+            model_file.unlink(missing_ok=True)
+            meta_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(meta_file, {"format": EXPORT_FORMAT, **identity, "torch": torch.__version__,
+                                          "failed": why[:500]})
+        except OSError:  # a cache folder that cannot be written: the next run tries again
+            pass
         return None
     logger.info("wrote the query model %s (%.1f MB)", model_file, model_file.stat().st_size / 1e6)
     return model_file
