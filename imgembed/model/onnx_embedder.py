@@ -169,8 +169,9 @@ def onnx_embedder_for(manifest: dict, index_dir: str | Path) -> OnnxEmbedder | N
         return None
     try:
         info = json.loads(meta.read_text())
-        if info.get("format") != EXPORT_FORMAT or info.get("failed") or any(info.get(k) != identity.get(k) for k in
-                                                      ("backbone", "backbone_fingerprint", "pool", "preprocess")):
+        named = ("backbone", "backbone_fingerprint", "pool", "preprocess")
+        if info.get("format") != EXPORT_FORMAT or info.get("failed") or any(info.get(k) != identity.get(k)
+                                                                            for k in named):
             return None
         head = load_numpy_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None
         return OnnxEmbedder(model, info, head)
