@@ -19,9 +19,9 @@ Evidence, cheapest first, for each pair of photos (presets in :data:`PRESETS`):
 Pairs are proposed, never decided, by the embedding: each photo's :data:`NEIGHBOURS` nearest
 photos in the index (whatever the backbone or head, so no embedding threshold needs calibrating),
 plus every pair of photos whose hashes are within ``verify_distance``. Only the hash distance, the
-keypoints and the pixels decide, and none of them depends on the model. The thresholds were chosen on the
-duplicate benchmark (``scripts/bench_duplicates.py``, README "Duplicates") for the precision
-recorded with each preset. Work and memory grow with the number of photos times NEIGHBOURS.
+keypoints and the pixels decide, and none of them depends on the model. The thresholds were
+chosen on the duplicate benchmark (``scripts/bench_duplicates.py``, README "Duplicates") for the
+precision recorded with each preset. Work and memory grow with the number of photos times NEIGHBOURS.
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ from imgembed.index.format import Row
 from imgembed.index.snapshot import Snapshot
 from imgembed.ingest.copy_data import HASH_BYTES, SIDE, rendering_of_file, unpack_keypoints
 from imgembed.ingest.reader import ImageSkipped, open_image, read_bytes
-from imgembed.query import hash_search
+from imgembed.query import hash_search, pixel_check
 from imgembed.query.collection import neighbour_graph_of
 from imgembed.query.duplicates import duplicate_groups, keeper_of
-from imgembed.query import pixel_check
 from imgembed.query.keypoint_match import NO_MATCH, ROTATION_TOLERANCE, Match, match
 
 logger = logging.getLogger(__name__)
