@@ -483,6 +483,9 @@ def cmd_duplicates(a: argparse.Namespace) -> int:
     if report.stats.get("missing copy data"):
         say(f"{report.stats['missing copy data']} photos have no copy-detection data yet: run imgembed index on "
             "their folders (nothing is embedded again)", err=True)
+    if report.stats.get("pairs not checked by pixels"):
+        say(f"{report.stats['pairs not checked by pixels']} keypoint matches could not be checked pixel by pixel "
+            "(a file cannot be read now) and are listed on their keypoints alone", err=True)
     if a.csv:
         say(f"wrote {a.csv}")
     return 0

@@ -194,3 +194,9 @@ def copy_data_of_file(path: str | bytes, cfg: ReaderCfg) -> tuple[str, CopyData]
     """``(content hash, copy data)`` of one file, draft-decoded near :data:`SIDE`. Raises ImageSkipped."""
     data = read_bytes(path, cfg)
     return content_hash(data), copy_data_of_image(open_image(data, cfg, draft_to=SIDE))
+
+
+def rendering_of_file(path: str | bytes, cfg: ReaderCfg) -> np.ndarray:
+    """The grey rendering of one file, as :func:`copy_data_of_file` makes it (its keypoints' pixels).
+    Raises ImageSkipped."""
+    return grey_rendering(open_image(read_bytes(path, cfg), cfg, draft_to=SIDE))

@@ -10,14 +10,18 @@ Evidence, cheapest first, for each pair of photos (presets in :data:`PRESETS`):
    256 bits: resized, re-encoded, recoloured, greyscale, flipped and rotated copies.
 4. **copy by keypoints**: at least ``inliers`` ORB keypoints of the two photos map onto each other
    under one similarity transform (:mod:`imgembed.query.keypoint_match`): crops, padding, overlaid
-   text, which move or hide part of the photo and so change its hash.
+   text, which move or hide part of the photo and so change its hash; and, once the transform is
+   known, the two photos agree pixel by pixel over at least ``agreement`` of the textured part
+   they share (:mod:`imgembed.query.pixel_check`), so that two different things photographed on
+   one patterned floor, which match on the floor alone, are not a copy. Only the pairs that pass
+   the keypoints are checked, from their files (decoded again at query time).
 
 Pairs are proposed, never decided, by the embedding: each photo's :data:`NEIGHBOURS` nearest
 photos in the index (whatever the backbone or head, so no embedding threshold needs calibrating),
-plus every pair of photos whose hashes are within ``verify_distance``. Only the hash distance and
-the keypoint count decide, and neither depends on the model. The thresholds were chosen on the
-duplicate benchmark (``scripts/bench_duplicates.py``, README "Duplicates") for the precision
-recorded with each preset. Work and memory grow with the number of photos times NEIGHBOURS.
+plus every pair of photos whose hashes are within ``verify_distance``. Only the hash distance, the
+keypoints and the pixels decide, and none of them depends on the model. The thresholds were
+chosen on the duplicate benchmark (``scripts/bench_duplicates.py``, README "Duplicates") for the
+precision recorded with each preset. Work and memory grow with the number of photos times NEIGHBOURS.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ import numpy as np
 from imgembed.config import DUPLICATE_PRESETS, ReaderCfg, check_choice
 from imgembed.index.format import Row
 from imgembed.index.snapshot import Snapshot
-from imgembed.ingest.copy_data import HASH_BYTES, SIDE, unpack_keypoints
+from imgembed.ingest.copy_data import HASH_BYTES, SIDE, rendering_of_file, unpack_keypoints
 from imgembed.ingest.reader import ImageSkipped, open_image, read_bytes
-from imgembed.query import hash_search
+from imgembed.query import hash_search, pixel_check
 from imgembed.query.collection import neighbour_graph_of
 from imgembed.query.duplicates import duplicate_groups, keeper_of
 from imgembed.query.keypoint_match import NO_MATCH, ROTATION_TOLERANCE, Match, match
@@ -53,6 +57,10 @@ KINDS = ("identical bytes", "same pixels", "copy", "similar")
 NEIGHBOURS = 8  # embedding neighbours proposed per photo (the app's neighbour graph uses the same)
 PIXELS_DISTANCE = 4  # plain hash distance up to which two photos of one size are decoded and compared
 VERIFY_CHUNK = 2000  # candidate pairs whose keypoints are loaded at once (bounds memory)
+# Of the textured tiles two photos share, the share that must agree (imgembed.query.pixel_check).
+# Measured (README "Duplicates"): each edit's 1st percentile is 0.70-1.00 on both dev sets; different
+# garments on one tiled floor, laminate or bedspread 0.49-0.62; a second shot of one thing 0.71-0.85.
+MIN_AGREEMENT = 0.66
 
 
 @dataclass(frozen=True)
@@ -63,16 +71,18 @@ class Preset:
     inliers: int  # copies by keypoints: at least this many inliers (0: no keypoint matches)
     verify_distance: int  # pairs this close in hash are verified by keypoints even if not neighbours
     rotation: float  # degrees a keypoint match may turn away from a multiple of 90 (keypoint_match)
+    agreement: float  # keypoint matches need this share of the overlap to agree pixel by pixel (0: unchecked)
     kind: str  # the kind given to matches by hash or keypoints
     precision: str  # what the thresholds were calibrated to
 
 
 PRESETS = {
-    "exact": Preset("exact", "the same pixels: byte copies and lossless re-saves", -1, 0, -1, 0.0, "same pixels",
+    "exact": Preset("exact", "the same pixels: byte copies and lossless re-saves", -1, 0, -1, 0.0, 0.0, "same pixels",
                      "precision 1.0: pixels are compared"),
     "copies": Preset("copies", "edited copies of one photo: resized, re-encoded, cropped, flipped, rotated, "
-                     "recoloured, overlaid, padded", 40, 15, 64, ROTATION_TOLERANCE, "copy", "pair precision >= 0.99"),
-    "similar": Preset("similar", "copies and near-identical scenes (burst shots)", 64, 8, 80, 20.0, "similar",
+                     "recoloured, overlaid, padded", 40, 15, 64, ROTATION_TOLERANCE, MIN_AGREEMENT, "copy",
+                     "pair precision >= 0.99"),
+    "similar": Preset("similar", "copies and near-identical scenes (burst shots)", 64, 8, 80, 20.0, 0.0, "similar",
                       "not calibrated on copies: groups near-identical photos too"),
 }
 assert tuple(PRESETS) == DUPLICATE_PRESETS
@@ -230,9 +240,12 @@ def _by_preset(snapshot: Snapshot, ids: np.ndarray, rows: dict[int, Row], preset
                 if key not in edges.best and have[a] and have[b]:
                     candidates.setdefault(key, -1)
         stats["pairs verified"] = len(candidates)
-        for (a, b), m in _verify(snapshot, ids, list(candidates), preset, step):
-            if m.inliers >= preset.inliers:
-                edges.add(a, b, preset.kind, f"{m.inliers} matching keypoints")
+        passed = [(a, b, m) for (a, b), m in _verify(snapshot, ids, list(candidates), preset, step)
+                  if m.inliers >= preset.inliers]
+        stats["pairs passing keypoints"] = len(passed)
+        for a, b, m, agree in _check_pixels(passed, [rows[int(i)] for i in ids.tolist()], preset, cfg, step, stats):
+            edges.add(a, b, preset.kind, f"{m.inliers} matching keypoints"
+                      + (f", {agree:.0%} of the overlap agrees" if agree == agree else ""))
     groups = []
     for g in edges.groups(n):
         members = [rows[int(ids[p])] for p in g]
@@ -276,6 +289,45 @@ def _verify(snapshot: Snapshot, ids: np.ndarray, pairs: list[tuple[int, int]], p
 
             yield from zip(chunk, pool.map(one, chunk))
             step("verify", min(start + VERIFY_CHUNK, len(pairs)), len(pairs))
+
+
+def _check_pixels(passed: list[tuple[int, int, Match]], rows: list[Row], preset: Preset, cfg: ReaderCfg,
+                  step: Progress, stats: dict):
+    """``(a, b, Match, agreement)`` for each pair that passed the keypoints and whose pixels agree
+    (:data:`Preset.agreement`; NaN when unchecked). The files are decoded again, each once per chunk
+    of pairs; a pair whose file cannot be read keeps its keypoint verdict, and is counted."""
+    if not preset.agreement:
+        yield from ((a, b, m, float("nan")) for a, b, m in passed)
+        return
+    stats["pairs rejected by pixels"] = stats["pairs not checked by pixels"] = 0
+
+    def small(p: int) -> np.ndarray | None:
+        try:
+            return pixel_check.reduce(rendering_of_file(rows[p].path, cfg))
+        except ImageSkipped:
+            return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(passed), VERIFY_CHUNK):
+            chunk = passed[start:start + VERIFY_CHUNK]
+            need = sorted({p for a, b, _ in chunk for p in (a, b)})
+            grey = dict(zip(need, pool.map(small, need)))
+
+            def one(pair: tuple[int, int, Match]) -> float | None:
+                a, b, m = pair
+                if grey[a] is None or grey[b] is None:
+                    return None
+                return pixel_check.agreement(grey[a], grey[b], m.transform)
+
+            for (a, b, m), agree in zip(chunk, pool.map(one, chunk)):
+                if agree is None:
+                    stats["pairs not checked by pixels"] += 1
+                    yield a, b, m, float("nan")
+                elif agree >= preset.agreement or agree != agree:  # NaN: too little texture to judge by
+                    yield a, b, m, agree
+                else:
+                    stats["pairs rejected by pixels"] += 1
+            step("pixels", min(start + VERIFY_CHUNK, len(passed)), len(passed))
 
 
 def _pixel_digest(row: Row, cfg: ReaderCfg, cache: dict[int, str | None]) -> str | None:
