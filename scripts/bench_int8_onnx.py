@@ -50,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from imgembed.config import BackboneCfg, ReaderCfg
     from imgembed.ingest import fs
