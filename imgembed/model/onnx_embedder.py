@@ -176,5 +176,5 @@ def onnx_embedder_for(manifest: dict, index_dir: str | Path) -> OnnxEmbedder | N
         head = load_numpy_head(Path(index_dir) / manifest["head"]) if manifest.get("head") else None
         return OnnxEmbedder(model, info, head)
     except Exception as e:  # noqa: BLE001 - a damaged cache file must not stop a query: torch answers
-        logger.info("the exported query model %s is not usable (%s); using torch", model, e)
+        logger.info("the exported model %s is not usable (%s); using torch", model, e)
         return None

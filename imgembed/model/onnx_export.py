@@ -72,7 +72,7 @@ def exported_model(backbone: Backbone, replace: bool = False) -> Path | None:
         except OSError:  # a cache folder that cannot be written: the next run tries again
             pass
         return None
-    logger.info("wrote the query model %s (%.1f MB)", model_file, model_file.stat().st_size / 1e6)
+    logger.info("wrote the ONNX model %s (%.1f MB)", model_file, model_file.stat().st_size / 1e6)
     return model_file
 
 
