@@ -202,7 +202,7 @@ class Embedder:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._forward = self.backbone
-        self.onnx = self._onnx_runner() if self.device.type == "cpu" else None
+        self.onnx = self._onnx_runner()
         if self.compile_mode == "on":
             self._compile()
 

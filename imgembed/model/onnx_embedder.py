@@ -40,6 +40,12 @@ def model_paths(identity: dict) -> tuple[Path, Path]:
     return stem.with_suffix(".onnx"), stem.with_suffix(".json")
 
 
+def preprocess_of(info: dict) -> Preprocess:
+    """The :class:`Preprocess` recorded in an exported model's JSON (lists for tuples, as stored)."""
+    pre = info["preprocess"]
+    return Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+
+
 class NumpyHead:
     """:class:`imgembed.model.head.ProjectionHead` in numpy: unit(features) - mean, projected (plus
     the residual GELU branch when the head has one), then unit length."""
@@ -126,8 +132,7 @@ class OnnxEmbedder:
     def __init__(self, model: Path, info: dict, head: NumpyHead | None = None) -> None:
         self.runner = OnnxRunner(model, query_threads())
         self.info, self.head = info, head
-        self.preprocess = Preprocess(**{**info["preprocess"], "mean": tuple(info["preprocess"]["mean"]),
-                                        "std": tuple(info["preprocess"]["std"])})
+        self.preprocess = preprocess_of(info)
         self._mean = np.asarray(self.preprocess.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self._std = np.asarray(self.preprocess.std, np.float32).reshape(1, 3, 1, 1) * 255.0
 

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from imgembed.config import BackboneCfg
-from imgembed.ingest.preprocess import Preprocess
 from imgembed.model.backbones import Backbone, BackboneError, file_fingerprint, register
-from imgembed.model.onnx_embedder import OnnxRunner
+from imgembed.model.onnx_embedder import OnnxRunner, preprocess_of
 
 
 class OnnxFileBackbone(Backbone):
@@ -27,9 +26,7 @@ class OnnxFileBackbone(Backbone):
         meta = path.with_suffix(".json")
         try:
             info = json.loads(meta.read_text())
-            pre = info["preprocess"]
-            self.preprocess = Preprocess(size=pre["size"], resize=pre["resize"], mean=tuple(pre["mean"]),
-                                         std=tuple(pre["std"]), interpolation=pre["interpolation"])
+            self.preprocess = preprocess_of(info)
             self.dim = int(info["dim"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackboneError(f"onnx:{path} needs {meta} beside it, with its preprocess and dim ({e})") from e
