@@ -9,7 +9,7 @@ from PIL import Image
 
 from imgembed.config import ReaderCfg
 from imgembed.ingest.preprocess import Preprocess
-from imgembed.ingest.reader import ImageSkipped, decode_file, decode_query, open_image, to_rgb
+from imgembed.ingest.reader import ImageSkipped, decode_file, decode_query, open_image, to_array, to_rgb
 
 PRE = Preprocess(size=32, resize=32, interpolation="bilinear")
 
@@ -60,6 +60,26 @@ def test_jpeg_draft_decodes_large_photos_smaller(tmp_path):
     p.write_bytes(data)
     d = decode_file(str(p), PRE, ReaderCfg())
     assert (d.width, d.height) == (2000, 1500) and d.pixels.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (400, 533), (300, 300), (225, 1000)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_centre_crop_is_the_crop_of_the_resized_photo(size, interpolation):
+    # to_array resamples only the box the crop keeps; it must be the centre of the whole resize
+    pre = Preprocess(size=224, resize=256, interpolation=interpolation)
+    im = make_photo(7, size=size)
+    w, h = size
+    scale = 256 / min(w, h)
+    nw, nh = max(224, round(w * scale)), max(224, round(h * scale))
+    left, top = (nw - 224) // 2, (nh - 224) // 2
+    whole = im.resize((nw, nh), getattr(Image.Resampling, interpolation.upper()))
+    want = np.asarray(whole.crop((left, top, left + 224, top + 224)), dtype=np.int16).transpose(2, 0, 1)
+    got = to_array(im, pre).astype(np.int16)
+    assert got.shape == (3, 224, 224)
+    diff = np.abs(got - want)
+    assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 2  # rounding, not a shifted or scaled crop
+    shifted = np.abs(got[:, :, 1:] - want[:, :, :-1]).mean()
+    assert shifted > 5 * max(diff.mean(), 0.1)  # one pixel off would show (the photo is noisy)
 
 
 def test_gif_first_frame():

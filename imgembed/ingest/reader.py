@@ -304,7 +304,8 @@ def to_array(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | No
     Only the part of the photo that the crop keeps is resampled (the filter still reads the pixels
     around it), so nothing outside the crop is computed: 30-40% of the resize's time for a 4:3
     photo, and a 1 x 60000 strip does not become 64 x 3.8M pixels first. The pixels are those of
-    resizing the whole photo and cropping, to within 2 grey levels (rounding).
+    resizing the whole photo and cropping up to the rounding between the filter's two passes (on the
+    dev photos the default backbone's vectors kept a cosine of 0.9966 or more, and mAP did not move).
     """
     w, h = covered or im.size
     scale = pre.resize / min(w, h)
