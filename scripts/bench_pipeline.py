@@ -1,7 +1,7 @@
 """Indexing throughput against what the hardware allows, in one run.
 
     python scripts/bench_pipeline.py FOLDER [--backbone open_clip:ViT-B-32:/path/weights.pt]
-                                            [--repeat 3] [--clip-retrieval /tmp/cr-venv]
+                                            [--repeat 3] [--rounds 3] [--clip-retrieval /tmp/cr-venv]
                                             [--burner] [--against /path/to/other/checkout]
 
 Prints, for the photos in FOLDER:
@@ -16,6 +16,11 @@ Prints, for the photos in FOLDER:
                 images/s of its embedding loop and of the whole command, over the same ceiling
 For the loop and the command it also prints the kernel's share of the CPU time and the minor page
 faults per photo (``resource.getrusage``, decode workers included).
+
+On a machine whose speed drifts (a shared VM: other guests' steal time moves each figure by 10-30%
+within minutes), a ratio of figures taken minutes apart measures the drift. So decode-only,
+model-only and the loop are measured in ``--rounds`` rounds, one after the other within each round;
+each round prints its own loop / ceiling, and the medians of the rounds are the figures the rest uses.
 
 ``--runtime`` picks what runs the model on a CPU, as ``imgembed index --runtime`` does (auto: ONNX
 Runtime for the default backbone). ``--burner`` measures the loop and the command again while a
@@ -38,6 +43,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=0, help="0: chosen as `imgembed index` would")
     p.add_argument("--workers", type=int, default=-1, help="decode processes (-1: one per core)")
     p.add_argument("--repeat", type=int, default=2, help="passes over the folder per measurement")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of decode-only, model-only and loop (each round's ratio; then medians)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile the backbone; auto decides as `imgembed index` would for this folder")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"],
@@ -267,27 +275,47 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--batch-size", str(a.batch_size), "--compile", a.compile, "--device", a.device]
     ours = [*extra, "--runtime", a.runtime]  # a checkout before --runtime existed takes only the others
 
-    dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
-    print(f"decode-only   {dec:9.1f} images/s ({load()})", flush=True)
-    mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
+    ceil = (lambda d, m: min(d, m)) if on_gpu else (lambda d, m: 1 / (1 / d + 1 / m))
+    rounds = []  # (decode, model, ceiling, loop, whole run, command's loop, whole command)
+    for r in range(1, max(1, a.rounds) + 1):
+        dec = decode_only(items, embedder.preprocess, reader_cfg, a.batch_size, workers, a.repeat, embedder.device)
+        mod = model_only(embedder, a.batch_size, max(len(items) * a.repeat, 4 * a.batch_size))
+        loop, run, use = end_to_end(a.folder, job, embedder, a.repeat)
+        c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, ours)
+        top = ceil(dec, mod)
+        rounds.append((dec, mod, top, loop, run, c_loop, c_run))
+        print(f"round {r}: decode-only {dec:.1f}, model-only {mod:.1f}, ceiling {top:.1f}, loop {loop:.1f}, "
+              f"imgembed index's loop {c_loop:.1f} images/s; / ceiling {loop / top:.2f} and {c_loop / top:.2f}  "
+              f"[{load()}]")
+        print(f"         loop: {use}")
+        print(f"         imgembed index: {c_use}", flush=True)
+    dec, mod, ceiling, loop, run, c_loop, c_run = (statistics.median(x) for x in zip(*rounds))
+    ratio = lambda i: ", ".join(f"{x[i] / x[2]:.2f}" for x in rounds)  # noqa: E731
+    print(f"decode-only   {dec:9.1f} images/s (medians of {len(rounds)} rounds from here)")
     print(f"model-only    {mod:9.1f} images/s" + (f" compiled; {eager_mod:.1f} without compiling "
-          f"({mod / eager_mod:.2f}x)" if eager_mod else "") + f" ({load()})", flush=True)
-    ceiling = min(dec, mod) if on_gpu else 1 / (1 / dec + 1 / mod)
+          f"({mod / eager_mod:.2f}x)" if eager_mod else ""))
     print(f"ceiling       {ceiling:9.1f} images/s = " + ("min(decode, model)" if on_gpu else "1/(1/decode + 1/model)"))
+    print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
+          f"(scan, publish; model already built); / ceiling: {statistics.median(x[3] / x[2] for x in rounds):.2f} "
+          f"(rounds: {ratio(3)})  [idle]")
+    print(f"imgembed index {c_loop:8.1f} images/s in its loop; {c_run:.1f} for the whole command "
+          f"(start-up, model build); loop / ceiling {statistics.median(x[5] / x[2] for x in rounds):.2f} "
+          f"(rounds: {ratio(5)})  [idle]", flush=True)
     runs = [("idle", False)] + ([("burner", True)] if a.burner else [])
-    loops, whole, cmds, theirs = {}, {}, {}, {}
+    loops, whole, cmds, theirs = {"idle": loop}, {"idle": run}, {"idle": c_loop}, {}
     for name, burn in runs:
         with burner(burn):
-            loop, run, use = end_to_end(a.folder, job, embedder, a.repeat)
-            loops[name], whole[name] = loop, run
-            print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
-                  f"(scan, publish; model already built); / ceiling {loop / ceiling:.2f}  [{name}, {load()}]")
-            print(f"              {use}", flush=True)
-            c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, ours)
-            cmds[name] = c_loop
-            print(f"imgembed index {c_loop:8.1f} images/s in its loop; {c_run:.1f} for the whole command "
-                  f"(start-up, model build); loop / ceiling {c_loop / ceiling:.2f}  [{name}, {load()}]")
-            print(f"              {c_use}", flush=True)
+            if burn:
+                loop, run, use = end_to_end(a.folder, job, embedder, a.repeat)
+                loops[name], whole[name] = loop, run
+                print(f"end-to-end    {loop:9.1f} images/s in the indexing loop; {run:.1f} for the whole run "
+                      f"(scan, publish; model already built); / ceiling {loop / ceiling:.2f}  [{name}, {load()}]")
+                print(f"              {use}", flush=True)
+                c_loop, c_run, c_use = command(ROOT, a.folder, a.backbone, ours)
+                cmds[name] = c_loop
+                print(f"imgembed index {c_loop:8.1f} images/s in its loop; {c_run:.1f} for the whole command "
+                      f"(start-up, model build); loop / ceiling {c_loop / ceiling:.2f}  [{name}, {load()}]")
+                print(f"              {c_use}", flush=True)
             if a.against:
                 o_loop, o_run, o_use = command(a.against.resolve(), a.folder, a.backbone, extra)
                 theirs[name] = o_loop
