@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # imported where a tensor is made: reading headers and metada
     import torch
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # each filter's reach in source pixels at scale 1 (Pillow's)
 
 # HEIF/HEIC through pillow-heif's Pillow plugin (libheif applies the file's rotation and mirroring
 # and resets the EXIF orientation to 1, so the orientation step leaves it upright). Only the primary
@@ -303,17 +304,27 @@ def to_array(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | No
 
     Only the part of the photo that the crop keeps is resampled (the filter still reads the pixels
     around it), so nothing outside the crop is computed: 30-40% of the resize's time for a 4:3
-    photo, and a 1 x 60000 strip does not become 64 x 3.8M pixels first. The pixels are those of
-    resizing the whole photo and cropping up to the rounding between the filter's two passes (on the
-    dev photos the default backbone's vectors kept a cosine of 0.9966 or more, and mAP did not move).
+    photo, and a 1 x 60000 strip does not become 64 x 3.8M pixels first. A photo more than
+    :data:`imgembed.ingest.pixels.REDUCING_GAP` times the size first goes through the box filter
+    that resizing the whole photo takes (Pillow's ``reducing_gap``), on the same blocks from its
+    top-left corner, so a photo the decoder reduced already (:func:`imgembed.ingest.pixels.reduce_for`)
+    gives the same pixels. The pixels are those of resizing the whole photo and cropping, up to the
+    rounding between the filter's two passes (on the dev photos the default backbone's vectors kept
+    a cosine of 0.9966 or more, and mAP did not move).
     """
     w, h = covered or im.size
     scale = pre.resize / min(w, h)
     nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))
     left, top = (nw - pre.size) // 2, (nh - pre.size) // 2
     sx, sy = w / nw, h / nh
+    fx, fy = max(1, int(sx / pixels.REDUCING_GAP)), max(1, int(sy / pixels.REDUCING_GAP))
+    if fx > 1 or fy > 1:  # the blocks of the whole photo's box filter step, as Image.resize takes them
+        reach = _SUPPORT[pre.interpolation] - 0.5
+        im = im.reduce((fx, fy), box=(0, 0, min(im.width, math.ceil(w + reach * sx)),
+                                      min(im.height, math.ceil(h + reach * sy))))
+        sx, sy = sx / fx, sy / fy
     box = (left * sx, top * sy, (left + pre.size) * sx, (top + pre.size) * sy)
-    im = im.resize((pre.size, pre.size), _INTERP[pre.interpolation], box=box, reducing_gap=3.0)
+    im = im.resize((pre.size, pre.size), _INTERP[pre.interpolation], box=box)
     return np.ascontiguousarray(np.array(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
