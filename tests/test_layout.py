@@ -30,6 +30,8 @@ BELOW = {  # layer -> the layers it may import (besides itself)
     # the HTTP API: a front end like the CLI, over the Python API
     "serve": {"ground", "ingest", "model", "index", "query", "api"},
     "cli": {"ground", "ingest", "model", "index", "learn", "query", "indexer", "distributed", "api", "serve"},
+    # the Streamlit app's views, which only app.py imports
+    "ui": {"ground", "ingest", "index", "query", "indexer"},
 }
 
 
