@@ -56,6 +56,7 @@ h1 { font-size: 2.2rem !important; }
 }
 </style>"""
 
+
 def main() -> None:
     st.html(CSS)
     index_dir = index_for_page(st.query_params.get("index"), default_index())

@@ -42,4 +42,3 @@ def collection_view(searcher: Searcher) -> None:
     with st.container(key="mapbox"):  # the chart takes the map's shape at any width
         st.plotly_chart(map_figure(m), key="map", on_select=on_map_click, selection_mode="points",
                         height="stretch", config={"displayModeBar": False, "scrollZoom": False, "responsive": True})
-

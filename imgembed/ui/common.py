@@ -62,4 +62,3 @@ def show_photo(row: Row, caption: str | None = None, size: int = THUMB_PX, squar
             st.caption(caption)
     else:
         st.image(data, caption=caption, width="stretch" if stretch else "content")
-

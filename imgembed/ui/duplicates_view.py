@@ -97,4 +97,3 @@ def drop_panel(searcher: Searcher, groups: list[Group]) -> None:
     d[1].download_button("Download a script that moves them", move_script(ticked, target.strip()),
                          file_name="move-duplicates.sh", mime="text/x-shellscript", key="dl-sh")
     st.caption("Read the script, then run it with `sh move-duplicates.sh` (or pass another folder).")
-

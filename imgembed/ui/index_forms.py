@@ -101,4 +101,3 @@ def no_index_page(index_dir: str, problem: str) -> None:
     with st.sidebar:
         st.header("Open an index")
         open_form(index_dir)
-

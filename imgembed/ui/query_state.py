@@ -67,4 +67,3 @@ def sync_inputs(names: dict[int, str]) -> None:
         ss["upload_gen"] = ss.get("upload_gen", 0) + 1  # a fresh, empty uploader
         ss.pop("upload_query", None)
     ss["synced"] = h.version
-

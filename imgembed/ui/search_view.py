@@ -37,6 +37,7 @@ def pick_list(index_dir: str, generation: int, _searcher: Searcher) -> dict[int,
             break
     return out
 
+
 @st.dialog("Photo", width="large")
 def photo_dialog(row: Row, meta: Meta | None = None) -> None:
     """The full-size view of an indexed photo: the picture (never enlarged, never taller than the
@@ -54,6 +55,7 @@ def photo_dialog(row: Row, meta: Meta | None = None) -> None:
 def more_button(file_id: int) -> None:
     if st.button("More like this", key=f"dialog-more-{file_id}", type="primary", on_click=go_to_photo, args=(file_id,)):
         st.rerun()  # the whole page, not just this view, shows the new query
+
 
 def filter_sidebar(searcher: Searcher) -> Filters:
     """The sidebar's filters (the CLI's --under, --after, --before, --camera, --min-width, --ext)."""
@@ -199,4 +201,3 @@ def result_card(h: Hit) -> None:
                    help="full size, with its details and path"):
         photo_dialog(h.row, h.meta)
     st.button("More like this", key=f"more-{h.id}", on_click=go_to_photo, args=(h.id,), width="stretch")
-
