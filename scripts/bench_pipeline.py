@@ -19,8 +19,9 @@ faults per photo (``resource.getrusage``, decode workers included).
 
 On a machine whose speed drifts (a shared VM: other guests' steal time moves each figure by 10-30%
 within minutes), a ratio of figures taken minutes apart measures the drift. So decode-only,
-model-only and the loop are measured in ``--rounds`` rounds, one after the other within each round;
-each round prints its own loop / ceiling, and the medians of the rounds are the figures the rest uses.
+model-only, the loop and ``imgembed index`` are measured in ``--rounds`` rounds, one after the other
+within each round; each round prints its own ratios to the ceiling, and the medians of the rounds
+are the figures the rest uses.
 
 ``--runtime`` picks what runs the model on a CPU, as ``imgembed index --runtime`` does (auto: ONNX
 Runtime for the default backbone). ``--burner`` measures the loop and the command again while a
