@@ -226,6 +226,11 @@ def main() -> int:
     false = results["copies"]["false_pairs"]
     contact_sheet(meta, photos, false, sheet)
     print(f"contact sheet of the copies preset's false pairs ({len(false)} pairs): {sheet}")
+    links = defaultdict(int)  # pairs of source photos behind the false pairs (a photo stored twice shows up here)
+    for x, y in false:
+        links[" / ".join(sorted(Path(meta[i]["src"]).name for i in (x, y)))] += 1
+    for link, n in sorted(links.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:4d} false pairs between copies of {link}")
     return 0
 
 

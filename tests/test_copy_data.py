@@ -180,3 +180,21 @@ def test_uniform_borders_are_trimmed():
     boxed = Image.new("RGB", (im.width + 200, im.height + 60))
     boxed.paste(im, (100, 30))
     assert _dist(_hashes(im)[0], _hashes(boxed)[0]) <= 24  # a padded copy hashes like its original
+    assert cd.border_box(padded) == (30, 40, 100, 80)
+
+
+@pytest.mark.parametrize("size, pad, detail",
+                         [((1024, 768), 0, 1.0), ((256, 192), 0, 0.5), ((300, 200), 50, 300 / 512)])
+def test_a_rendering_knows_how_much_detail_its_file_holds(size, pad, detail):
+    """Detail: the file's own pixels per rendering pixel inside its borders, at most 1 (so a small
+    photo or a padded small photo, scaled up to the rendering, says so)."""
+    im = photo(0).convert("RGB").resize(size)
+    if pad:
+        boxed = Image.new("RGB", (size[0] + 2 * pad, size[1] + 2 * pad))
+        boxed.paste(im, (pad, pad))
+        im = boxed
+    r = cd.rendering(im)
+    assert max(r.grey.shape) == cd.SIDE
+    assert r.detail == pytest.approx(detail, abs=0.01)
+    assert np.array_equal(r.grey, cd.grey_rendering(im))  # what the hash and the keypoints are computed from
+

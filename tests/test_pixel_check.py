@@ -1,6 +1,7 @@
-"""Two different things photographed on one patterned floor match by keypoints, on the floor; the pixel
-check tells them from copies. Synthetic scenes: a busy, non-repeating floor with a subject over the
-middle 60% of each side (as a garment photographed from above fills the frame)."""
+"""Two different things photographed on one patterned floor match by keypoints, on the floor, and a
+second shot of one thing from a shifted camera matches as a crop would; the pixel check tells both
+from copies. Synthetic scenes: a busy, non-repeating floor with a subject over the middle 60% of
+each side (as a garment photographed from above fills the frame)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from PIL import Image, ImageDraw
 from imgembed.config import BackboneCfg, IndexJobCfg
 from imgembed.index.snapshot import Snapshot
 from imgembed.indexer import index_folder
-from imgembed.ingest.copy_data import SIDE, copy_data_of_image, grey_rendering, unpack_keypoints
+from imgembed.ingest.copy_data import SIDE, Rendering, copy_data_of_image, grey_rendering, rendering, unpack_keypoints
 from imgembed.ingest.edits import make_copy
 from imgembed.query import pixel_check
-from imgembed.query.copies import MIN_AGREEMENT, PRESETS, find_duplicates
+from imgembed.query.copies import MIN_AGREEMENT, MIN_CORRELATION, PRESETS, find_duplicates
 from imgembed.query.keypoint_match import match
 
 TINY = "test-tiny"
@@ -69,17 +70,91 @@ def test_two_things_on_one_floor_match_by_keypoints_but_not_by_pixels():
 @pytest.mark.parametrize("edit", ["crop80", "crop60", "banner", "colour", "grey", "resize", "pad", "rot90"])
 def test_copies_of_a_photo_on_that_floor_agree(edit):
     a = scene(2, 60)
-    (ka, sa), (kc, sc) = _data(a), _data(_copy(a, edit))
-    m = match(ka, kc, SIDE)
+    m, agree, corr = _pixels(a, _copy(a, edit))
     assert m.inliers >= PRESETS["copies"].inliers
-    assert pixel_check.agreement(sa, sc, m.transform) >= MIN_AGREEMENT
+    assert agree >= MIN_AGREEMENT
+    assert corr >= MIN_CORRELATION
+
+
+def textured_scene(size=(1600, 2132)) -> Image.Image:
+    """:func:`scene` at 4x the size, with a fine grain over everything (cloth, paper, wood), which a
+    camera resolves but which moves with the slightest change of viewpoint."""
+    grain = np.random.default_rng(9).normal(0, 40, (size[1], size[0])).astype(np.float32)
+    import cv2
+
+    grain = cv2.GaussianBlur(grain, (0, 0), 2.0)[..., None]
+    return Image.fromarray(np.clip(np.asarray(scene(2, 60, size=size), np.float32) + grain, 0, 255).astype(np.uint8))
+
+
+def shot(world: Image.Image, zoom: float, keystone: float, light: float, seed: int, size=(400, 533)) -> Image.Image:
+    """A camera's JPEG of ``world``: zoomed in by ``zoom`` about the centre, tilted (the top edge
+    ``keystone`` of the width narrower), light falling off by ``light`` across the frame, sensor noise."""
+    w, h = world.width / zoom, world.height / zoom
+    x0, y0, k = (world.width - w) / 2, (world.height - h) / 2, keystone * w
+    im = world.transform(size, Image.Transform.QUAD, (x0 + k, y0, x0, y0 + h, x0 + w, y0 + h, x0 + w - k, y0),
+                         Image.Resampling.BICUBIC)
+    px = np.asarray(im, np.float32) * np.linspace(1 - light, 1 + light, size[0])[None, :, None]
+    px += np.random.default_rng(seed).normal(0, 4, px.shape)
+    return Image.open(io.BytesIO(_jpeg(Image.fromarray(np.clip(px, 0, 255).astype(np.uint8))))).convert("RGB")
+
+
+def _pixels(a: Image.Image, b: Image.Image):
+    """(keypoint match, coarse agreement, fine correlation) of two photos, as the finder judges them."""
+    ka, kb = (unpack_keypoints(copy_data_of_image(x).keypoints) for x in (a, b))
+    m = match(ka, kb, SIDE)
+    ra, rb = rendering(a), rendering(b)
+    return m, pixel_check.agreement(pixel_check.reduce(ra.grey), pixel_check.reduce(rb.grey), m.transform), \
+        pixel_check.correlation(ra, rb, m.transform)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return textured_scene()
+
+
+def test_a_second_shot_from_a_shifted_camera_passes_the_keypoints_and_the_coarse_check_but_not_the_fine_one(world):
+    first = shot(world, 1.0, 0.0, 0.0, seed=1)
+    second = shot(world, 1.2, 0.03, 0.1, seed=2)  # closer, tilted, other light
+    m, agree, corr = _pixels(first, second)
+    assert m.inliers >= PRESETS["copies"].inliers
+    assert agree >= MIN_AGREEMENT  # what the coarse check alone would take for a crop
+    assert corr < MIN_CORRELATION
+
+
+@pytest.mark.parametrize("edit", ["crop80", "banner", "colour", "grey", "resize", "pad", "rot90", "upscaled crop"])
+def test_copies_of_a_finely_grained_photo_correlate_at_full_detail(world, edit):
+    photo = shot(world, 1.0, 0.0, 0.0, seed=1)
+    if edit == "upscaled crop":  # a crop blown back up to the photo's size: more pixels, no more detail
+        c = photo.crop((40, 53, 360, 480)).resize(photo.size, Image.Resampling.BICUBIC)
+        copy = Image.open(io.BytesIO(_jpeg(c))).convert("RGB")
+    else:
+        copy = _copy(photo, edit)
+    m, agree, corr = _pixels(photo, copy)
+    assert m.inliers >= PRESETS["copies"].inliers
+    assert agree >= MIN_AGREEMENT
+    assert corr >= MIN_CORRELATION, corr
+
+
+def test_the_correlation_is_taken_at_the_detail_of_the_smaller_file():
+    """A 30% copy compared at its own detail correlates as well as the original with itself would at
+    that detail; compared at the original's, it would lose the grain it never had."""
+    photo = shot(textured_scene(), 1.0, 0.0, 0.0, seed=1)
+    small = Image.open(io.BytesIO(_jpeg(photo.resize((120, 160), Image.Resampling.LANCZOS)))).convert("RGB")
+    ra, rs = rendering(photo), rendering(small)
+    assert rs.detail == pytest.approx(160 / SIDE, abs=0.01) and ra.detail == 1.0  # 533 pixels: capped at the rendering
+    same = np.array([[1.0, 0, 0], [0, 1.0, 0]])  # one rendering size: the copy maps onto the photo as it is
+    assert pixel_check.correlation(ra, rs, same) >= MIN_CORRELATION
+    blind = rs._replace(detail=1.0)  # as if the copy's file held the original's detail
+    assert pixel_check.correlation(ra._replace(detail=1.0), blind, same) < pixel_check.correlation(ra, rs, same)
 
 
 def test_flat_photos_give_no_verdict():
     flat = np.full((384, 512), 200, np.uint8)
     small = pixel_check.reduce(flat)
     assert small.shape == (96, 128)
-    assert np.isnan(pixel_check.agreement(small, small, np.array([[1.0, 0, 0], [0, 1.0, 0]])))
+    same = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    assert np.isnan(pixel_check.agreement(small, small, same))
+    assert np.isnan(pixel_check.correlation(Rendering(flat, 1.0), Rendering(flat, 1.0), same))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +165,11 @@ def floor_index(tmp_path_factory):
     (folder / "b.jpg").write_bytes(_jpeg(scene(**OTHER)))  # another thing on the same floor
     for edit in ("crop80", "banner"):
         (folder / f"a-{edit}.jpg").write_bytes(make_copy(edit, a, _jpeg(a), np.random.default_rng(0))[0])
+    world = textured_scene()
+    w = shot(world, 1.0, 0.0, 0.0, seed=1)
+    (folder / "w.jpg").write_bytes(_jpeg(w))
+    (folder / "w-crop80.jpg").write_bytes(make_copy("crop80", w, _jpeg(w), np.random.default_rng(0))[0])
+    (folder / "w-second-shot.jpg").write_bytes(_jpeg(shot(world, 1.2, 0.03, 0.1, seed=2)))
     cfg = IndexJobCfg(backbone=BackboneCfg(name=TINY))
     cfg.embed.workers = 0
     ix = tmp_path_factory.mktemp("ix") / "ix"
@@ -97,12 +177,12 @@ def floor_index(tmp_path_factory):
     return folder, ix
 
 
-def test_copies_preset_groups_the_copies_and_not_the_other_thing_on_the_floor(floor_index):
+def test_copies_preset_groups_the_copies_and_not_the_other_thing_on_the_floor_nor_the_second_shot(floor_index):
     folder, ix = floor_index
     report = find_duplicates(Snapshot(ix), "copies")
-    groups = [{m.row.relpath.decode() for m in g.members} for g in report.groups]
-    assert groups == [{"a.jpg", "a-crop80.jpg", "a-banner.jpg"}]
-    assert report.stats["pairs rejected by pixels"] >= 1  # a ~ b passed the keypoints
+    groups = sorted(({m.row.relpath.decode() for m in g.members} for g in report.groups), key=sorted)
+    assert groups == [{"a.jpg", "a-crop80.jpg", "a-banner.jpg"}, {"w.jpg", "w-crop80.jpg"}]
+    assert report.stats["pairs rejected by pixels"] >= 2  # a ~ b and w ~ w-second-shot passed the keypoints
     evidence = [m.evidence for g in report.groups for m in g.members]
     assert any("of the overlap agrees" in e for e in evidence), evidence
 

@@ -70,6 +70,12 @@ BORDER_MAX = 0.4
 def trim_borders(grey: np.ndarray) -> np.ndarray:
     """``grey`` without its uniform borders (each edge row or column nearly one colour, the colour of
     the edge it starts from), at most :data:`BORDER_MAX` of each side."""
+    top, left, h, w = border_box(grey)
+    return grey[top:top + h, left:left + w]
+
+
+def border_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of ``grey`` inside its uniform borders (:func:`trim_borders`)."""
     h, w = grey.shape
     g = grey.astype(np.int16)
 
@@ -94,21 +100,34 @@ def trim_borders(grey: np.ndarray) -> np.ndarray:
     right = cut(g.T[::-1], w)
     inner = grey[top:h - bottom, left:w - right]
     if inner.size == 0 or int(inner.max()) - int(inner.min()) <= BORDER_RANGE:
-        return grey  # one colour all over: nothing to trim to
-    return inner
+        return 0, 0, h, w  # one colour all over: nothing to trim to
+    return top, left, h - bottom - top, w - right - left
 
 
-def grey_rendering(im: Image.Image) -> np.ndarray:
-    """``uint8 (h, w)``: the photo in grey without uniform borders, scaled so that its longer side is
-    :data:`SIDE`."""
+class Rendering(NamedTuple):
+    grey: np.ndarray  # uint8 (h, w): the photo in grey without uniform borders, longer side SIDE
+    # Decoded pixels per rendering pixel along a side, at most 1: under 1 for a photo (or the part
+    # of it inside its borders) smaller than SIDE, whose rendering is scaled up and holds no finer detail.
+    detail: float
+
+
+def rendering(im: Image.Image) -> Rendering:
+    """The photo in grey without uniform borders, scaled so that its longer side is :data:`SIDE`."""
     scale = SIDE / max(im.size)
     size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
     grey = trim_borders(np.asarray(im.convert("L").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)))
+    detail = min(1.0, max(grey.shape) / scale / SIDE)
     if max(grey.shape) == SIDE:
-        return np.ascontiguousarray(grey)
+        return Rendering(np.ascontiguousarray(grey), detail)
     scale = SIDE / max(grey.shape)
     size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.Resampling.BILINEAR))
+    return Rendering(np.asarray(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.Resampling.BILINEAR)),
+                     detail)
+
+
+def grey_rendering(im: Image.Image) -> np.ndarray:
+    """``uint8 (h, w)``: :func:`rendering`'s pixels."""
+    return rendering(im).grey
 
 
 def dct_coefficients(grey: np.ndarray) -> np.ndarray:
@@ -196,7 +215,8 @@ def copy_data_of_file(path: str | bytes, cfg: ReaderCfg) -> tuple[str, CopyData]
     return content_hash(data), copy_data_of_image(open_image(data, cfg, draft_to=SIDE))
 
 
-def rendering_of_file(path: str | bytes, cfg: ReaderCfg) -> np.ndarray:
+def rendering_of_file(path: str | bytes, cfg: ReaderCfg) -> Rendering:
     """The grey rendering of one file, as :func:`copy_data_of_file` makes it (its keypoints' pixels).
-    Raises ImageSkipped."""
-    return grey_rendering(open_image(read_bytes(path, cfg), cfg, draft_to=SIDE))
+    A file decoded at a reduced size still has at least :data:`SIDE` pixels a side, so its detail is
+    that of the file. Raises ImageSkipped."""
+    return rendering(open_image(read_bytes(path, cfg), cfg, draft_to=SIDE))
