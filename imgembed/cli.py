@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders: sub-folder names are classes; none: label-free (neighbourhood distillation, "
                         "kept only if it beats PCA)")
     p.add_argument("--val", help="validation folder for early stopping (default: hold out 10%% of FOLDER)")
+    p.add_argument("--views", type=int, default=TrainCfg.views,
+                   help="--labels none: augmented views of each photo the head learns to map to the photo "
+                        "(each costs one more backbone pass over FOLDER, cached); 0: none")
     p.add_argument("--loss", default=TrainCfg.loss, choices=LOSSES)
     p.add_argument("--hidden", type=int, default=TrainCfg.hidden, help="0: linear head; N: add an MLP branch")
     p.add_argument("--epochs", type=int, default=TrainCfg.epochs, help="at most this many (early stopping)")
@@ -564,18 +567,21 @@ def cmd_train_head(a: argparse.Namespace) -> int:
     from imgembed.learn.train import train_head
     from imgembed.model.embedder import Embedder
 
-    cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed)
+    if a.views < 0:
+        raise ValueError(f"--views must be 0 or more, got {a.views}")
+    cfg = TrainCfg(dim=a.dim, labels=a.labels, loss=a.loss, hidden=a.hidden, epochs=a.epochs, seed=a.seed,
+                   views=a.views)
     embedder = Embedder.from_cfg(_backbone_cfg(a))
     show = show_progress(a)
     update, close = _tqdm_progress(show)
     ecfg = EmbedCfg(batch_size=a.batch_size, workers=a.workers)
     try:
-        x, y, failures = load_training_features(a.folder, a.labels, embedder, _reader_cfg(a), ecfg,
-                                                lambda d, t: update("features", d, t))
+        x, y, failures, views = load_training_features(a.folder, a.labels, embedder, _reader_cfg(a), ecfg, update,
+                                                       views=cfg.views if cfg.labels == "none" else 0)
         xv = yv = None
         if a.val:
-            xv, yv, more = load_training_features(a.val, a.labels, embedder, _reader_cfg(a), ecfg,
-                                                  lambda d, t: update("validation features", d, t))
+            xv, yv, more, _ = load_training_features(a.val, a.labels, embedder, _reader_cfg(a), ecfg,
+                                                     lambda what, d, t: update(f"validation {what}", d, t))
             failures += more
     finally:
         close()
@@ -590,7 +596,8 @@ def cmd_train_head(a: argparse.Namespace) -> int:
         bar.set_postfix(val=f"{rec['val']:.4f}")
 
     try:
-        result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch)
+        result = train_head(x, y, cfg, xv, yv, embedder.backbone.spec, embedder.backbone.fingerprint, on_epoch,
+                            views=views)
     finally:
         bar.close()
     weights, png = save_trained_head(a.out, result, cfg, source=str(Path(a.folder).resolve()),

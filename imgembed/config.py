@@ -151,6 +151,22 @@ class IndexCfg:
     projection: str = ""
 
 
+@dataclass(frozen=True)
+class ViewCfg:
+    """An augmented view of a photo (imgembed.ingest.views): SimCLR's crops, flips and colours."""
+
+    seed: int = 0  # with each file's content hash, draws that file's view: one seed, one view a photo
+    scale: tuple[float, float] = (0.35, 1.0)  # share of the photo's area the crop keeps
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratios of the crop
+    flip: float = 0.5  # probability of a mirror image
+    jitter: float = 0.8  # probability of moving the colours, each by up to:
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1  # of the colour circle
+    grey: float = 0.2  # probability of a greyscale view
+
+
 @dataclass
 class TrainCfg:
     dim: int = 128  # output dimension
@@ -168,6 +184,11 @@ class TrainCfg:
     # label-free: the keep-or-PCA decision).
     val_fraction: float = 0.1
     seed: int = 0
+    # Label-free only: augmented views of each photo (ViewCfg seeds 0 .. views - 1) pass through the
+    # backbone once (their features are cached like the photos'), and the fit pays ``invariance`` times
+    # the squared distance between a photo and its views, so it maps both to the same place.
+    views: int = 1
+    invariance: float = 0.5
 
 
 @dataclass

@@ -3,7 +3,8 @@
     python scripts/bench_head.py [TRAIN_FOLDER [VAL_FOLDER]] [--labels folders|none] [--dim 128]
 
 Defaults to ../shared/data/clothing-small (train, validation). Features come from the feature
-cache (computed once if missing); only the training itself is timed.
+cache (computed once if missing, with one augmented view of each photo for --labels none); only
+the training itself is timed.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=TrainCfg.epochs)
     a = ap.parse_args()
     emb = Embedder.from_cfg(BackboneCfg())
-    x, y, _ = load_training_features(a.train, a.labels, emb, ReaderCfg(), EmbedCfg())
-    xv, yv, _ = load_training_features(a.val, a.labels, emb, ReaderCfg(), EmbedCfg())
     cfg = TrainCfg(dim=a.dim, labels=a.labels, epochs=a.epochs)
+    x, y, _, views = load_training_features(a.train, a.labels, emb, ReaderCfg(), EmbedCfg(),
+                                            views=cfg.views if a.labels == "none" else 0)
+    xv, yv, _, _ = load_training_features(a.val, a.labels, emb, ReaderCfg(), EmbedCfg())
     print(f"{len(x)} training + {len(xv)} validation photos, {x.shape[1]}-d features, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     wall, cpu = time.perf_counter(), time.process_time()
-    r = train_head(x, y, cfg, xv, yv)
+    r = train_head(x, y, cfg, xv, yv, views=views)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     epochs = len(r.history) - 1
     print(f"{a.labels}: {epochs} epochs (kept {r.best_epoch}) in {wall:.1f} s wall, {cpu:.1f} s CPU "

@@ -24,12 +24,12 @@ def deadly(monkeypatch, tmp_path):
     real = loader.decode_file
     marker = tmp_path / "flaky-seen"
 
-    def decode(path, pre, cfg):
+    def decode(path, pre, cfg, *view):
         name = os.fsencode(path)
         if b"killer" in name or (b"flaky" in name and not marker.exists()):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, pre, cfg)
+        return real(path, pre, cfg, *view)
 
     monkeypatch.setattr(loader, "decode_file", decode)
 

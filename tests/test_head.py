@@ -132,7 +132,9 @@ def test_train_head_and_eval_comparison_cli(photos, tmp_path, capsys):
     assert "supervised head" in capsys.readouterr().out
     assert main(["train-head", str(photos), "--out", str(out) + "-ssl", "--dim", "16", "--labels", "none",
                  "--val", str(photos), *args]) == 0
-    assert "label-free head" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "label-free head" in printed and "and 1 augmented view of each" in printed
+    assert json.loads(Path(str(out) + "-ssl.json").read_text())["train"]["views"] == 1
     for suffix in (".safetensors", ".json", ".png"):
         assert out.with_suffix(suffix).stat().st_size > 0
     info = json.loads(out.with_suffix(".json").read_text())

@@ -9,10 +9,10 @@ import torch
 from helpers import ASSETS, tiny_cfg, write_photos
 from PIL import Image
 
-from imgembed.config import BackboneCfg, ReaderCfg
+from imgembed.config import BackboneCfg, ReaderCfg, ViewCfg
 from imgembed.index.augment import affected, augment, augment_rows, exact_search, expand
 from imgembed.indexer import index_folder
-from imgembed.ingest.reader import decode_query
+from imgembed.ingest.reader import decode_file, decode_query
 from imgembed.learn.train import TrainCfg, train_head
 from imgembed.model.embedder import Embedder
 from imgembed.query.search import Searcher
@@ -90,12 +90,16 @@ def test_search_with_query_expansion(tmp_path):
 @pytest.mark.slow
 def test_resized_copy_ranks_first_under_the_label_free_head():
     """A resized, re-encoded copy of a photo finds the photo first among the gallery, through the
-    label-free head (the real backbone on the 60 sample photos; the tiny one cannot tell them apart)."""
+    label-free head fitted with an augmented view of each photo, as ``train-head`` fits it (the real
+    backbone on the 60 sample photos; the tiny one cannot tell them apart)."""
     e = Embedder.from_cfg(BackboneCfg(device="cpu"))
     paths = sorted(ASSETS.rglob("*.jpg"))
     feats = np.concatenate([e.features(decode_query(p.read_bytes(), e.preprocess, ReaderCfg())).numpy()
                             for p in paths])
-    r = train_head(feats, None, TrainCfg(dim=32, labels="none"))
+    views = np.concatenate([e.features(decode_file(str(p), e.preprocess, ReaderCfg(), ViewCfg()).pixels[None]).numpy()
+                            for p in paths])[None]
+    r = train_head(feats, None, TrainCfg(dim=32, labels="none"), views=views)
+    assert r.extra["views"] == 1
     with torch.no_grad():
         g = r.head(torch.from_numpy(feats)).numpy()
         for i in range(0, len(paths), 3):

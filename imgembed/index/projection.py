@@ -8,6 +8,9 @@
   gets the neighbourhood's smoothing in one matrix product, where DBA itself only helps the
   indexed photos. Nothing depends on the number of kinds of subject: the only neighbourhood is
   the k = 20 nearest photos (:data:`DISTIL_K`).
+- With augmented views of the photos (:mod:`imgembed.ingest.views`), the fit also pays for the
+  distance between each photo and its views (an invariance penalty): the map puts a photo and its
+  crops, mirror images and recoloured copies close together.
 - :func:`consistency`: the label-free score that decides whether the distilled map is kept: how
   far the neighbours of held-out photos are neighbours of each other.
 
@@ -83,10 +86,13 @@ def apply(feats: np.ndarray, mean: np.ndarray, weight: np.ndarray) -> np.ndarray
 
 
 def distil(feats: np.ndarray, dim: int, k: int = DISTIL_K, alpha: float = DBA_ALPHA, ridge: float = RIDGE,
-           basis: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+           basis: tuple | None = None, views: np.ndarray | None = None,
+           invariance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Neighbourhood distillation of ``feats (N, D)`` to ``dim``: ``(mean (D,), weight (dim, D))``.
 
-    ``basis`` is a :func:`pca_basis` of ``feats`` (computed when not given).
+    ``basis`` is a :func:`pca_basis` of ``feats`` (computed when not given). ``views (V, N, D)``: the
+    features of V augmented views of each photo; the least-squares fit then also pays ``invariance``
+    times the mean squared distance between a photo's projection and its views'.
     """
     mean, comps, _ = basis if basis is not None else pca_basis(feats, dim)
     comps = comps[:dim]
@@ -95,7 +101,12 @@ def distil(feats: np.ndarray, dim: int, k: int = DISTIL_K, alpha: float = DBA_AL
     targets, _ = augment(start, k, alpha)  # (N, dim)
     cov = (x.T @ x).astype(np.float64)  # (D, D)
     lam = ridge * np.trace(cov) / len(cov)
-    w = np.linalg.solve(cov + lam * np.eye(len(cov)), x.T.astype(np.float64) @ targets)  # (D, dim)
+    cov += lam * np.eye(len(cov))
+    if views is not None and len(views) and invariance:
+        for v in views:
+            dx = unit(np.asarray(v, np.float32)) - mean.astype(np.float32) - x  # (N, D) view minus photo
+            cov += (invariance / len(views)) * (dx.T @ dx).astype(np.float64)
+    w = np.linalg.solve(cov, x.T.astype(np.float64) @ targets)  # (D, dim)
     return mean, np.ascontiguousarray(w.T, dtype=np.float32)
 
 
@@ -130,22 +141,24 @@ class Fit(NamedTuple):
 
 
 def fit_label_free(feats: np.ndarray, held: np.ndarray, dim: int, refit: np.ndarray | None = None,
-                   seed: int = 0) -> Fit:
+                   seed: int = 0, views: np.ndarray | None = None, refit_views: np.ndarray | None = None,
+                   invariance: float = 0.0) -> Fit:
     """The label-free projection of ``feats (N, D)`` to ``dim``: the distilled map when it beats PCA
     by :data:`KEEP_MARGIN` in held-out neighbourhood consistency (``held (H, D)`` are photos of the
     same collection left out of the fit), else PCA. With ``refit`` the chosen method is fitted
-    again on those features (e.g. ``feats`` and ``held`` together)."""
+    again on those features (e.g. ``feats`` and ``held`` together). ``views (V, N, D)`` and
+    ``refit_views``: augmented views of ``feats`` and of ``refit`` for :func:`distil`."""
     basis = pca_basis(feats, dim, seed=seed)
     mean, comps, _ = basis
     pca = consistency(apply(held, mean, comps), apply(feats, mean, comps))
-    mean, weight = distil(feats, dim, basis=basis)
+    mean, weight = distil(feats, dim, basis=basis, views=views, invariance=invariance)
     score = consistency(apply(held, mean, weight), apply(feats, mean, weight))
     kept = score > pca + KEEP_MARGIN
     if refit is not None:
         basis = pca_basis(refit, dim, seed=seed)
         mean, comps, _ = basis
         if kept:
-            mean, weight = distil(refit, dim, basis=basis)
+            mean, weight = distil(refit, dim, basis=basis, views=refit_views, invariance=invariance)
     return Fit(mean, weight if kept else comps.astype(np.float32), "distil" if kept else "pca", pca, score)
 
 

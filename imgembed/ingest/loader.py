@@ -19,7 +19,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imgembed.config import ReaderCfg
+from imgembed.config import ReaderCfg, ViewCfg
 from imgembed.ingest import gpu_decode, reader
 from imgembed.ingest.metadata import PhotoMeta
 from imgembed.ingest.preprocess import Preprocess
@@ -64,8 +64,8 @@ class _Sample(NamedTuple):
 
 class _Files(Dataset):
     def __init__(self, items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
-                 gpu_jpeg: bool = False) -> None:
-        self.items, self.pre, self.cfg, self.gpu_jpeg = items, pre, cfg, gpu_jpeg
+                 gpu_jpeg: bool = False, view: ViewCfg | None = None) -> None:
+        self.items, self.pre, self.cfg, self.gpu_jpeg, self.view = items, pre, cfg, gpu_jpeg, view
 
     def __len__(self) -> int:
         return len(self.items)
@@ -80,7 +80,7 @@ class _Files(Dataset):
                     pending = gpu_decode.Pending(torch.frombuffer(bytearray(data), dtype=torch.uint8), info)
                     return _Sample(key, pending, gpu_decode.shown_size(info), content_hash(data), None,
                                    metadata_of(data, self.cfg))
-            d = decode_file(path, self.pre, self.cfg)
+            d = decode_file(path, self.pre, self.cfg, self.view)
             return _Sample(key, d.pixels, (d.width, d.height), d.digest, None, d.meta)
         except ImageSkipped as e:
             return _Sample(key, None, (0, 0), "", str(e))
@@ -131,10 +131,10 @@ def _init_worker(large_decodes, _: int) -> None:
 
 
 def _loader(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int, workers: int,
-            pin_memory: bool, gpu: bool, prefetch: int = PREFETCH) -> DataLoader:
+            pin_memory: bool, gpu: bool, prefetch: int = PREFETCH, view: ViewCfg | None = None) -> DataLoader:
     ctx = torch.multiprocessing.get_context()
     return DataLoader(
-        _Files(items, pre, cfg, gpu_jpeg=gpu), batch_size=batch_size, shuffle=False, num_workers=workers,
+        _Files(items, pre, cfg, gpu_jpeg=gpu, view=view), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=_collate_raw if gpu else _collate, pin_memory=pin_memory,
         worker_init_fn=functools.partial(_init_worker, ctx.Lock()) if workers else None,
         multiprocessing_context=ctx if workers else None,
@@ -165,7 +165,7 @@ def _worker_died(e: Exception) -> bool:
 
 
 def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg, batch_size: int,
-             workers: int, pin_memory: bool, gpu: bool) -> Iterator[Any]:
+             workers: int, pin_memory: bool, gpu: bool, view: ViewCfg | None = None) -> Iterator[Any]:
     """The loader's batches of ``items`` in order, surviving decode workers that die.
 
     A worker killed mid-run (the OOM killer, most likely) makes DataLoader raise (or the batch it
@@ -179,7 +179,7 @@ def _decoded(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg
         alone = start < alone_until
         size = 1 if alone else batch_size
         loader = _loader(items[start:alone_until] if alone else items[start:], pre, cfg, size,
-                         1 if alone else workers, pin_memory, gpu, prefetch=1 if alone else PREFETCH)
+                         1 if alone else workers, pin_memory, gpu, prefetch=1 if alone else PREFETCH, view=view)
         try:
             batches = iter(loader)
             _report_dead_workers_in_order()
@@ -214,16 +214,19 @@ def _killed(key: Any, gpu: bool) -> Any:
 
 def iter_batches(items: Sequence[tuple[Any, bytes]], pre: Preprocess, cfg: ReaderCfg,
                  batch_size: int, workers: int, pin_memory: bool = False,
-                 gpu_device: torch.device | None = None) -> Iterator[Batch]:
+                 gpu_device: torch.device | None = None, view: ViewCfg | None = None) -> Iterator[Batch]:
     """Decode ``(key, path)`` items in order, ``workers`` processes in parallel.
 
     ``gpu_device``: a CUDA device to decode JPEGs on (nvJPEG); None decodes everything on the CPU.
+    ``view``: each photo's pixels are that augmented view of it (decoded on the CPU).
     A file whose decoding kills its worker process comes back as a failure; the others are decoded.
     """
     if not items:
         return
+    if view is not None:
+        gpu_device = None  # the views are drawn by PIL
     gpu = gpu_device is not None
-    loader = _decoded(items, pre, cfg, batch_size, workers, pin_memory, gpu)
+    loader = _decoded(items, pre, cfg, batch_size, workers, pin_memory, gpu, view)
     if not gpu:
         yield from loader
         return

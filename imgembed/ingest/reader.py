@@ -14,6 +14,7 @@ import stat
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from struct import error as struct_error
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
@@ -21,9 +22,9 @@ import numpy as np
 import pillow_heif
 from PIL import Image, PngImagePlugin
 
-from imgembed.config import ReaderCfg
+from imgembed.config import ReaderCfg, ViewCfg
 from imgembed.errors import ImageSkipped
-from imgembed.ingest import pixels
+from imgembed.ingest import pixels, views
 from imgembed.ingest.metadata import PhotoMeta, photo_meta
 from imgembed.ingest.pixels import to_rgb  # noqa: F401  (part of this module's interface)
 from imgembed.ingest.preprocess import Preprocess
@@ -328,11 +329,19 @@ def to_array(im: Image.Image, pre: Preprocess, covered: tuple[float, float] | No
     return np.ascontiguousarray(np.array(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg) -> Decoded:
-    """Read, hash and decode one file. Raises ImageSkipped with the reason, and nothing else."""
+def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg, view: ViewCfg | None = None) -> Decoded:
+    """Read, hash and decode one file. Raises ImageSkipped with the reason, and nothing else.
+
+    ``view``: the pixels are that augmented view of the photo (:mod:`imgembed.ingest.views`)
+    instead of its centre crop.
+    """
     data = read_bytes(path, cfg)
+    digest = content_hash(data)
     im, (w, h), covered = _decode(data, cfg, draft_to=pre.resize)
-    return Decoded(_tensor(im, pre, covered), w, h, content_hash(data), metadata_of(data, cfg))
+    if view is not None:
+        im = views.augment(im, pre.size, view, views.view_rng(view, digest), pre.interpolation, covered)
+        pre, covered = replace(pre, resize=pre.size), None  # the view is the model's square already
+    return Decoded(_tensor(im, pre, covered), w, h, digest, metadata_of(data, cfg))
 
 
 def metadata_of(data: bytes, cfg: ReaderCfg) -> PhotoMeta:

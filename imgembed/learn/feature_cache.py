@@ -1,7 +1,8 @@
 """Raw backbone features for a list of files, with an on-disk cache.
 
 Evaluation and head training look at the same photos many times; the cache keys each file's
-features by (path, size, mtime) and the backbone's identity, so they are computed once.
+features by (path, size, mtime) and the backbone's identity, so they are computed once. The
+features of an augmented view (:class:`imgembed.config.ViewCfg`) are kept apart, keyed by the view too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from imgembed.config import EmbedCfg, ReaderCfg, cache_dir
+from imgembed.config import EmbedCfg, ReaderCfg, ViewCfg, cache_dir, to_dict
 from imgembed.model.embedder import Embedder
 from imgembed.model.pipeline import embed_files
 
@@ -37,10 +38,12 @@ class FeatureSet:
 
 
 class FeatureCache:
-    """SQLite file of raw features for one backbone identity."""
+    """SQLite file of raw features for one backbone identity (and one augmented view, if any)."""
 
-    def __init__(self, embedder: Embedder, root: Path | None = None) -> None:
+    def __init__(self, embedder: Embedder, root: Path | None = None, view: ViewCfg | None = None) -> None:
         ident = {k: v for k, v in embedder.identity().items() if k not in ("head_fingerprint", "dim")}
+        if view is not None:
+            ident["view"] = to_dict(view)
         key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         folder = (root or cache_root()) / "features"
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,12 +84,16 @@ class FeatureCache:
 
 
 def extract_features(paths: Sequence[bytes], embedder: Embedder, reader_cfg: ReaderCfg, embed_cfg: EmbedCfg,
-                     use_cache: bool = True, progress: Callable[[int, int], None] | None = None) -> FeatureSet:
-    """Raw backbone features of ``paths`` (absolute, bytes), computing only what is not cached."""
+                     use_cache: bool = True, progress: Callable[[int, int], None] | None = None,
+                     view: ViewCfg | None = None) -> FeatureSet:
+    """Raw backbone features of ``paths`` (absolute, bytes), computing only what is not cached.
+
+    ``view``: the features of that augmented view of each photo instead.
+    """
     dim = embedder.backbone.dim
     feats = np.zeros((len(paths), dim), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
-    cache = FeatureCache(embedder) if use_cache else None
+    cache = FeatureCache(embedder, view=view) if use_cache else None
     cached = cache.get(paths) if cache else {}
     todo = []
     for i, p in enumerate(paths):
@@ -98,7 +105,7 @@ def extract_features(paths: Sequence[bytes], embedder: Embedder, reader_cfg: Rea
     done = len(paths) - len(todo)
     if progress:
         progress(done, len(paths))
-    for batch in embed_files(todo, embedder, reader_cfg, embed_cfg, raw=True):
+    for batch in embed_files(todo, embedder, reader_cfg, embed_cfg, raw=True, view=view):
         failures += [(paths[i], why) for i, why in batch.failures]
         if batch.keys:
             feats[batch.keys], ok[batch.keys] = batch.vectors, True

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from imgembed.config import EmbedCfg, ReaderCfg
+from imgembed.config import EmbedCfg, ReaderCfg, ViewCfg
 from imgembed.ingest import fs
 from imgembed.learn.feature_cache import extract_features
 from imgembed.model.embedder import Embedder
@@ -62,11 +62,21 @@ def load_features(gallery: str | Path, queries: str | Path, embedder: Embedder, 
     )
 
 
-def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg, embed_cfg,
-                           progress: Callable[[int, int], None] | None = None):
-    """Raw features (cached) of the photos under ``folder``: ``(feats, labels or None, failures)``.
+class TrainingFeatures(NamedTuple):
+    feats: np.ndarray  # float32 (N, D) raw features of the photos
+    labels: np.ndarray | None  # str (N,) their sub-folders, or None without labels
+    failures: list[tuple[str, str]]  # (path, reason) of the files left out
+    views: np.ndarray | None = None  # float32 (V, N, D): the features of V augmented views of each photo
 
-    With ``labels == "folders"`` only photos inside a sub-folder count, labelled by its name.
+
+def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg, embed_cfg,
+                           progress: Callable[[str, int, int], None] | None = None,
+                           views: int = 0) -> TrainingFeatures:
+    """Raw features (cached) of the photos under ``folder``, and of ``views`` augmented views of
+    each (:class:`imgembed.config.ViewCfg` seeds 0 .. views - 1, cached too).
+
+    With ``labels == "folders"`` only photos inside a sub-folder count, labelled by its name. A file
+    that fails, or whose view fails, is left out and reported. ``progress(what, done, total)``.
     """
     if labels == "folders":
         try:
@@ -80,6 +90,19 @@ def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg
         paths, names = [absp for _, absp in fs.iter_image_paths(root, reader_cfg)], None
         if not paths:
             raise ValueError(f"no images under {root}")
-    fset = extract_features(paths, embedder, reader_cfg, embed_cfg, progress=progress)
-    kept = np.asarray(names)[fset.ok] if names is not None else None
-    return fset.feats[fset.ok], kept, [(fs.display(p), why) for p, why in fset.failures]
+
+    def tell(what: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(what, done, total)) if progress else None
+
+    fset = extract_features(paths, embedder, reader_cfg, embed_cfg, progress=tell("features"))
+    ok, failures = fset.ok.copy(), list(fset.failures)
+    drawn, pos = [], {p: i for i, p in enumerate(paths)} if views else {}
+    for seed in range(views):
+        vset = extract_features(paths, embedder, reader_cfg, embed_cfg, progress=tell(f"view {seed + 1}"),
+                                view=ViewCfg(seed=seed))
+        failures += [(p, f"augmented view {seed + 1}: {why}") for p, why in vset.failures if fset.ok[pos[p]]]
+        ok &= vset.ok
+        drawn.append(vset.feats)
+    kept = np.asarray(names)[ok] if names is not None else None
+    return TrainingFeatures(fset.feats[ok], kept, [(fs.display(p), why) for p, why in failures],
+                            np.stack([v[ok] for v in drawn]) if drawn else None)

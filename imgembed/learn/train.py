@@ -9,7 +9,8 @@ validation split (early stopping):
 - supervised (``labels="folders"``): the loss sees the class of each photo; the validation score
   is the mAP of validation photos searched against the training photos.
 - label-free (``labels="none"``): no loss and no epochs. The linear map is fitted in closed form by
-  neighbourhood distillation (:func:`imgembed.index.projection.distil`) on the training photos, and
+  neighbourhood distillation (:func:`imgembed.index.projection.distil`) on the training photos and,
+  when given, the features of their augmented views (``cfg.invariance``), and
   kept only if it beats the PCA projection by the held-out neighbourhood consistency of the
   validation photos (:func:`imgembed.index.projection.consistency`); otherwise the head *is* that
   PCA projection, and the result says so.
@@ -55,8 +56,10 @@ class TrainResult:
             verdict = (f"kept: {s['val_metric']} {start:.4f} (PCA) -> {end:.4f}" if self.best_epoch else
                        f"it did not beat its PCA start ({s['val_metric']} {end:.4f} against {start:.4f}), "
                        "so the head is the PCA projection")
-            return (f"fitted a {cfg.dim}-d label-free head (neighbourhood distillation) on {s['n_train']} photos "
-                    f"in {self.seconds:.1f} s, judged on {s['n_val']} held-out photos; {verdict}")
+            n_views = s.get("views", 0)
+            with_views = f" and {n_views} augmented view{'s' if n_views > 1 else ''} of each" if n_views else ""
+            return (f"fitted a {cfg.dim}-d label-free head (neighbourhood distillation) on {s['n_train']} photos"
+                    f"{with_views} in {self.seconds:.1f} s, judged on {s['n_val']} held-out photos; {verdict}")
         kind = "supervised"
         return (f"trained a {cfg.dim}-d {kind} head on {s['n_train']} photos ({s['n_val']} for validation) in "
                 f"{self.seconds:.1f} s: kept epoch {s['best_epoch']} of {s['epochs_run']}, {s['val_metric']} "
@@ -91,6 +94,8 @@ class _Data(NamedTuple):
     yv: np.ndarray | None  # int64 (V,)
     n_classes: int
     refit: np.ndarray | None = None  # label-free, validation held out of feats: all of them, for the final fit
+    views: np.ndarray | None = None  # label-free: (V, N, D) augmented views of x
+    refit_views: np.ndarray | None = None  # and (V, len(refit), D) of refit
 
 
 class _Task(NamedTuple):
@@ -104,10 +109,13 @@ class _Task(NamedTuple):
 
 
 def _prepare(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg, val_feats: np.ndarray | None,
-             val_labels: Sequence[str] | None) -> _Data:
+             val_labels: Sequence[str] | None, views: np.ndarray | None = None) -> _Data:
     """Split off the validation photos when none are given, encode classes, refuse what cannot train."""
     supervised = cfg.labels == "folders"
     feats = np.asarray(feats, dtype=np.float32)
+    if views is not None and (views.ndim != 3 or views.shape[1:] != feats.shape):
+        raise ValueError(f"views must be (V, {len(feats)}, {feats.shape[1]}), one per photo, got {views.shape}")
+    all_views = views
     if supervised and (labels is None or len(labels) != len(feats)):
         raise ValueError("supervised training needs one label per photo (sub-folder names); use --labels none without")
     str_labels = np.asarray(labels) if supervised else None
@@ -116,6 +124,7 @@ def _prepare(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg, val
         everything = feats
         tr, va = split_validation(len(feats), str_labels, cfg.val_fraction, cfg.seed)
         val_feats, feats = feats[va], feats[tr]
+        views = views[:, tr] if views is not None else None
         if supervised:
             val_labels, str_labels = str_labels[va], str_labels[tr]
     elif supervised and (val_labels is None or len(val_labels) != len(val_feats)):
@@ -125,7 +134,7 @@ def _prepare(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg, val
                          "validation (need at least 4 and 1)")
     xv = np.asarray(val_feats, dtype=np.float32)
     if not supervised:
-        return _Data(feats, xv, None, None, 0, everything)
+        return _Data(feats, xv, None, None, 0, everything, views, all_views if everything is not None else None)
     classes = sorted(set(str_labels.tolist()))
     if len(classes) < 2:
         raise ValueError(f"supervised training needs at least 2 classes (sub-folders), found {classes}")
@@ -158,7 +167,8 @@ def _label_free(d: _Data, cfg: TrainCfg, ident: dict, t0: float,
     if cfg.hidden:
         raise ValueError("--hidden applies to supervised heads; the label-free head is linear")
     # the held-out photos came from the training folder (d.refit): the kept map is fitted on all
-    fit = projection.fit_label_free(d.x, d.xv, cfg.dim, refit=d.refit, seed=cfg.seed)
+    fit = projection.fit_label_free(d.x, d.xv, cfg.dim, refit=d.refit, seed=cfg.seed, views=d.views,
+                                    refit_views=d.refit_views, invariance=cfg.invariance)
     kept = fit.method == "distil"
     head = linear_head(fit.mean, fit.weight, **ident)
     history = [{"epoch": 0, "loss": None, "val": fit.pca_score}, {"epoch": 1, "loss": None, "val": fit.distil_score}]
@@ -167,22 +177,24 @@ def _label_free(d: _Data, cfg: TrainCfg, ident: dict, t0: float,
     n_fit = len(d.refit) if d.refit is not None else len(d.x)
     return TrainResult(head, history, int(kept), "held-out neighbourhood consistency", time.perf_counter() - t0,
                        n_fit, len(d.xv), {"method": "neighbourhood distillation", "kept": bool(kept),
-                                          "judged_on": len(d.x)})
+                                          "judged_on": len(d.x), "views": 0 if d.views is None else len(d.views)})
 
 
 def train_head(feats: np.ndarray, labels: Sequence[str] | None, cfg: TrainCfg,
                val_feats: np.ndarray | None = None, val_labels: Sequence[str] | None = None,
                backbone: str = "", backbone_fingerprint: str = "",
-               progress: Callable[[dict], None] | None = None) -> TrainResult:
+               progress: Callable[[dict], None] | None = None, views: np.ndarray | None = None) -> TrainResult:
     """Train a head on raw features ``feats (N, D)``.
 
     ``labels`` are the class names (required for ``cfg.labels == "folders"``, ignored for
-    ``"none"``, which fits in closed form: see the module docstring). Without ``val_feats`` a ``cfg.val_fraction`` of the photos is held out for
-    early stopping. ``progress`` receives each epoch's record. Raises ValueError on bad input.
+    ``"none"``, which fits in closed form: see the module docstring). Without ``val_feats`` a
+    ``cfg.val_fraction`` of the photos is held out for early stopping. ``progress`` receives each
+    epoch's record. ``views (V, N, D)``: label-free only, the features of V augmented views of each
+    photo. Raises ValueError on bad input.
     """
     t0 = time.perf_counter()
     check_choice("label mode", cfg.labels, LABEL_MODES)
-    d = _prepare(feats, labels, cfg, val_feats, val_labels)
+    d = _prepare(feats, labels, cfg, val_feats, val_labels, views if cfg.labels == "none" else None)
     if cfg.labels == "none":
         return _label_free(d, cfg, {"backbone": backbone, "backbone_fingerprint": backbone_fingerprint}, t0,
                            progress)

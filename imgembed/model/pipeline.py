@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from imgembed.config import EmbedCfg, ReaderCfg
+from imgembed.config import EmbedCfg, ReaderCfg, ViewCfg
 from imgembed.ingest import cpu
 from imgembed.ingest.gpu_decode import gpu_decode_available
 from imgembed.ingest.loader import iter_batches, raw_batch_cap
@@ -47,8 +47,10 @@ def embed_pixels(embedder: Embedder, pixels: torch.Tensor, raw: bool = False) ->
 
 
 def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_cfg: ReaderCfg,
-                embed_cfg: EmbedCfg, raw: bool = False) -> Iterator[EmbeddedBatch]:
+                embed_cfg: EmbedCfg, raw: bool = False, view: ViewCfg | None = None) -> Iterator[EmbeddedBatch]:
     """Embed ``(key, absolute path)`` items in order, a batch at a time; bad files come back as failures.
+
+    ``view``: embed that augmented view of each photo (:mod:`imgembed.ingest.views`) instead.
 
     With ``compile="auto"`` the embedder decides here, from the number of files, whether to compile.
     The model's threads and the decode workers share the cores other programs leave free
@@ -65,22 +67,22 @@ def embed_files(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_c
     logger.info("%d of %d cores free: %d model threads, %d decode workers", share.free, share.cores,
                 share.threads, workers)
     with model_threads(share.threads if embedder.device.type == "cpu" else None, embedder.set_threads) as retune:
-        for b in _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw):
+        for b in _embed_batches(items, embedder, reader_cfg, batch_size, workers, raw, view):
             retune()
             yield b
 
 
 def _embed_batches(items: Sequence[tuple[Any, bytes]], embedder: Embedder, reader_cfg: ReaderCfg,
-                   batch_size: int, workers: int, raw: bool) -> Iterator[EmbeddedBatch]:
+                   batch_size: int, workers: int, raw: bool, view: ViewCfg | None) -> Iterator[EmbeddedBatch]:
     on_gpu = embedder.device.type == "cuda"
-    decode_on_gpu = gpu_decode_available(embedder.device)
+    decode_on_gpu = view is None and gpu_decode_available(embedder.device)
     if decode_on_gpu:  # batches carry file bytes: keep those in flight within memory
         cap = raw_batch_cap(_mean_file_bytes(items), workers)
         if cap < batch_size:
             logger.info("batch size %d instead of %d: the files' bytes in flight must fit in memory", cap, batch_size)
             batch_size = cap
     batches = iter_batches(items, embedder.preprocess, reader_cfg, batch_size, workers, pin_memory=on_gpu,
-                           gpu_device=embedder.device if decode_on_gpu else None)
+                           gpu_device=embedder.device if decode_on_gpu else None, view=view)
     for b in batches:
         vectors = embed_pixels(embedder, b.pixels, raw) if b.keys else np.zeros((0, 0), np.float32)
         yield EmbeddedBatch(b.keys, vectors, b.sizes, b.digests, b.failures, b.metas)
