@@ -187,7 +187,7 @@ class TrainCfg:
     # Label-free only: augmented views of each photo (ViewCfg seeds 0 .. views - 1) pass through the
     # backbone once (their features are cached like the photos'), and the fit pays ``invariance`` times
     # the squared distance between a photo and its views, so it maps both to the same place.
-    views: int = 1
+    views: int = 2
     invariance: float = 0.5
 
 

@@ -133,8 +133,8 @@ def test_train_head_and_eval_comparison_cli(photos, tmp_path, capsys):
     assert main(["train-head", str(photos), "--out", str(out) + "-ssl", "--dim", "16", "--labels", "none",
                  "--val", str(photos), *args]) == 0
     printed = capsys.readouterr().out
-    assert "label-free head" in printed and "and 1 augmented view of each" in printed
-    assert json.loads(Path(str(out) + "-ssl.json").read_text())["train"]["views"] == 1
+    assert "label-free head" in printed and "and 2 augmented views of each" in printed
+    assert json.loads(Path(str(out) + "-ssl.json").read_text())["train"]["views"] == 2
     for suffix in (".safetensors", ".json", ".png"):
         assert out.with_suffix(suffix).stat().st_size > 0
     info = json.loads(out.with_suffix(".json").read_text())
