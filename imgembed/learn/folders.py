@@ -95,14 +95,15 @@ def load_training_features(folder: str | Path, labels: str, embedder, reader_cfg
         return (lambda done, total: progress(what, done, total)) if progress else None
 
     fset = extract_features(paths, embedder, reader_cfg, embed_cfg, progress=tell("features"))
-    ok, failures = fset.ok.copy(), list(fset.failures)
-    drawn, pos = [], {p: i for i, p in enumerate(paths)} if views else {}
+    paths = [p for p, good in zip(paths, fset.ok) if good]  # the views of the photos that decoded
+    feats, names = fset.feats[fset.ok], np.asarray(names)[fset.ok] if names is not None else None
+    ok, failures, drawn = np.ones(len(paths), dtype=bool), list(fset.failures), []
     for seed in range(views):
         vset = extract_features(paths, embedder, reader_cfg, embed_cfg, progress=tell(f"view {seed + 1}"),
                                 view=ViewCfg(seed=seed))
-        failures += [(p, f"augmented view {seed + 1}: {why}") for p, why in vset.failures if fset.ok[pos[p]]]
+        failures += [(p, f"augmented view {seed + 1}: {why}") for p, why in vset.failures]
         ok &= vset.ok
         drawn.append(vset.feats)
-    kept = np.asarray(names)[ok] if names is not None else None
-    return TrainingFeatures(fset.feats[ok], kept, [(fs.display(p), why) for p, why in failures],
+    return TrainingFeatures(feats[ok], names[ok] if names is not None else None,
+                            [(fs.display(p), why) for p, why in failures],
                             np.stack([v[ok] for v in drawn]) if drawn else None)
