@@ -46,7 +46,7 @@ def test_the_crop_stays_inside_what_a_reduced_decode_covers():
     im[:, 60:] = 255  # outside what the photo covers
     cfg = ViewCfg(jitter=0.0, grey=0.0, flip=0.0)
     for seed in range(20):
-        out = views.augment(Image.fromarray(im), 32, cfg, np.random.default_rng(seed), "bilinear",
+        out = views.augment(Image.fromarray(im), 32, cfg, np.random.default_rng(seed), Image.Resampling.BILINEAR,
                             covered=(50.0, 100.0))
         assert np.asarray(out).max() == 0
 

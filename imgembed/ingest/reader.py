@@ -339,7 +339,7 @@ def decode_file(path: str | bytes, pre: Preprocess, cfg: ReaderCfg, view: ViewCf
     digest = content_hash(data)
     im, (w, h), covered = _decode(data, cfg, draft_to=pre.resize)
     if view is not None:
-        im = views.augment(im, pre.size, view, views.view_rng(view, digest), pre.interpolation, covered)
+        im = views.augment(im, pre.size, view, views.view_rng(view, digest), _INTERP[pre.interpolation], covered)
         pre, covered = replace(pre, resize=pre.size), None  # the view is the model's square already
     return Decoded(_tensor(im, pre, covered), w, h, digest, metadata_of(data, cfg))
 

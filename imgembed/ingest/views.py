@@ -17,8 +17,6 @@ from PIL import Image, ImageEnhance
 
 from imgembed.config import ViewCfg
 
-_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-
 
 def view_rng(cfg: ViewCfg, digest: str) -> np.random.Generator:
     """The generator of one file's view: from the view's seed and the file's content hash."""
@@ -63,16 +61,17 @@ def _jitter(im: Image.Image, cfg: ViewCfg, rng: np.random.Generator) -> Image.Im
     return im
 
 
-def augment(im: Image.Image, size: int, cfg: ViewCfg, rng: np.random.Generator, interpolation: str = "bicubic",
+def augment(im: Image.Image, size: int, cfg: ViewCfg, rng: np.random.Generator,
+            resample: Image.Resampling = Image.Resampling.BICUBIC,
             covered: tuple[float, float] | None = None) -> Image.Image:
-    """One view of an RGB image: ``size x size`` RGB.
+    """One view of an RGB image: ``size x size`` RGB, the crop resized with ``resample``.
 
     ``covered``: the part of ``im`` (from its top-left corner) that the photo covers, when the
     decoder reduced it (:func:`imgembed.ingest.pixels.extent`); the crop stays inside it.
     """
     w, h = (int(covered[0]), int(covered[1])) if covered else im.size
     box = crop_box(max(1, w), max(1, h), cfg, rng)
-    out = im.resize((size, size), _INTERP[interpolation], box=box)
+    out = im.resize((size, size), resample, box=box)
     if rng.random() < cfg.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < cfg.jitter:
